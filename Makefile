@@ -1,0 +1,61 @@
+# The compendium's commands. `make repro` and `make test` each set up what they need first, and are idempotent.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Where the raw corpus comes from: the shared sample corpus by default; any folder holding manifest.csv + videos/.
+CORPUS ?= ../shared/corpus
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export PYTHONDONTWRITEBYTECODE := 1
+export MPLBACKEND := Agg
+
+.PHONY: setup data repro test test-fast lab export clean-scratch profile-paper
+
+setup: $(STAMP) .dvc/config.local data
+
+# The environment: created when missing, reinstalled only when the pins change.
+$(STAMP): requirements.txt requirements.lock pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip==26.3"
+	$(BIN)/python -m pip install --quiet -r requirements.txt -c requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	@touch $(STAMP)
+
+# DVC: no analytics, no update checks (offline by default).
+.dvc/config.local: $(STAMP)
+	$(BIN)/dvc config --local core.analytics false
+	$(BIN)/dvc config --local core.check_update false
+	@touch .dvc/config.local
+
+# The raw corpus, tracked by data.dvc. `make data CORPUS=/path/to/folder` imports another folder of the same shape.
+data: $(STAMP)
+	@if [ "$(CORPUS)" != "../shared/corpus" ]; then \
+		$(BIN)/dvc import-url --force "$(CORPUS)" data; \
+	elif [ ! -f data/manifest.csv ]; then \
+		$(BIN)/dvc update data.dvc; \
+	fi
+
+repro: setup
+	$(BIN)/dvc repro
+
+test: setup
+	$(BIN)/python -m pytest
+
+# Unit tests only (no dvc repro integration run).
+test-fast: setup
+	$(BIN)/python -m pytest -m "not integration"
+
+lab: setup
+	$(BIN)/jupyter lab --allow-root --no-browser --ip=127.0.0.1 --port=8888 --IdentityProvider.token='' --notebook-dir=nbs
+
+export: $(STAMP)
+	$(BIN)/nbdev-export
+
+# Switch every stage between the embedded default and the paper-scale values.
+profile-paper: $(STAMP)
+	$(BIN)/medgen-profile params/paper.yaml
+
+clean-scratch:
+	rm -rf scratch
