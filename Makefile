@@ -9,11 +9,10 @@ CORPUS ?= ../shared/corpus
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export PYTHONDONTWRITEBYTECODE := 1
-export MPLBACKEND := Agg
 
 .PHONY: setup data repro test test-fast lab export clean-scratch profile-paper
 
-setup: $(STAMP) .dvc/config.local data
+setup: $(STAMP) data
 
 # The environment: created when missing, reinstalled only when the pins change.
 $(STAMP): requirements.txt requirements.lock pyproject.toml
@@ -23,11 +22,7 @@ $(STAMP): requirements.txt requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	@touch $(STAMP)
 
-# DVC: no analytics, no update checks (offline by default).
-.dvc/config.local: $(STAMP)
-	$(BIN)/dvc config --local core.analytics false
-	$(BIN)/dvc config --local core.check_update false
-	@touch .dvc/config.local
+# DVC analytics and update checks are off in the committed .dvc/config (offline by default).
 
 # The raw corpus, tracked by data.dvc. `make data CORPUS=/path/to/folder` imports another folder of the same shape.
 data: $(STAMP)
