@@ -9,6 +9,8 @@ CORPUS ?= ../shared/corpus
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export PYTHONDONTWRITEBYTECODE := 1
+# stage commands (medgen-stage, papermill, dvc) come from the project environment
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: setup data repro test test-fast lab export clean-scratch profile-paper
 
