@@ -12,7 +12,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 # stage commands (medgen-stage, papermill, dvc) come from the project environment
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup data repro test test-fast lab export clean-scratch profile-paper
+.PHONY: setup data repro test test-fast lab export readme clean-scratch profile-paper
 
 setup: $(STAMP) data
 
@@ -56,3 +56,7 @@ profile-paper: $(STAMP)
 
 clean-scratch:
 	rm -rf scratch
+
+# README.md is rendered from nbs/index.ipynb (nbdev-readme needs quarto, which is not available here).
+readme: $(STAMP)
+	$(BIN)/jupyter nbconvert --to markdown nbs/index.ipynb --output-dir . --output README --log-level WARN
