@@ -45,7 +45,7 @@ test-fast: setup
 	$(BIN)/python -m pytest -m "not integration"
 
 lab: setup
-	$(BIN)/jupyter lab --allow-root --no-browser --ip=127.0.0.1 --port=8888 --IdentityProvider.token='' --notebook-dir=nbs
+	$(BIN)/jupyter lab --allow-root --no-browser --ip=127.0.0.1 --port=8888 --IdentityProvider.token='' --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/nbs/index.ipynb
 
 export: $(STAMP)
 	$(BIN)/nbdev-export
