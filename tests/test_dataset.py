@@ -47,7 +47,7 @@ def chain(tmp_path_factory, corpus, manifest):
             cid = f"{vid}__{k:02d}"
             write_video(frames, d / "clips" / f"{cid}.mp4", fps=8)
             rows.append(dict(clip_id=cid, video_id=vid, start_s=float(a), end_s=float(b), file=f"{cid}.mp4",
-                             **man.loc[vid, ["title", "domain", "modality", "license", "source", "doi"]].to_dict()))
+                             **man.loc[vid, ["title", "domain", "modality", "label", "license", "source", "doi"]].to_dict()))
     seg = pd.DataFrame(rows)
     cap = seg.drop(columns=["file"]).assign(brief_caption=lambda x: "A " + x.modality + " clip.",
                                             detailed_caption=lambda x: "This clip shows " + x.modality + ": " + x.title,
@@ -146,11 +146,19 @@ def test_datasets_loads_both_configs(packaged, tmp_path):
     assert full["bitrate"] == meta.bitrate.tolist()
 
 
-def test_card_names_noncommercial_clip_and_backends(packaged):
+def test_card_names_noncommercial_clip_and_backends(chain, packaged, manifest):
     card = (packaged["out"] / "README.md").read_text()
     assert card.startswith("---\n") and "config_name: privacy_clean" in card and "metadata_privacy_clean.csv" in card
     assert "Non-commercial licence" in card and "micro_zebrafish_ysl_nuclei_cil11813__00" in card
     assert "not for clinical use" in card.lower() and "`proxy-a`" in card and "`haar`" in card
+    # the same dataset without the microscopy clip (rejected by a filter): the card says where its NC video left
+    meta = packaged["meta"][packaged["meta"].category != "microscopy"]
+    rej = append_rejections(packaged["rej"], [rejection("micro_zebrafish_ysl_nuclei_cil11813__00", "filter_ocr", "subtitles", "31 words")])
+    va = account_for_videos(chain["tables"]["ingest"].clip_id, chain["seg"], meta.name, rej)
+    f = count_funnel(steps_of(chain), rej)
+    card = dataset_card(meta, f, {}, videos_acc=va, video_licences=dict(zip(manifest.clip_id, manifest.license)))
+    assert "No clip in this dataset carries a non-commercial licence" in card
+    assert "`micro_zebrafish_ysl_nuclei_cil11813` (*CC BY-NC-SA 3.0" in card and "did not reach the dataset: clips_rejected" in card
 
 
 def test_nothing_lost(chain, packaged):
