@@ -251,7 +251,7 @@ def test_stage_notebook_on_the_synthetic_chain(chain, root, tmp_path):
 ART = Path(__file__).resolve().parents[1] / "artifacts" / "dataset"
 
 
-@pytest.mark.skipif(not (ART / "metrics.json").exists(), reason="artifacts/dataset not built yet: run `dvc repro dataset`")
+@pytest.mark.skipif(not (ART / "medvideocap" / "metadata.csv").exists(), reason="artifacts/dataset not built yet: run `dvc repro dataset`")
 def test_real_dataset_nothing_lost_and_loads(root, tmp_path):
     "The stage's real outputs: every ingested video accounted for, every file there, the card's configs load, metrics agree."
     ds = ART / "medvideocap"

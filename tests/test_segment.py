@@ -162,7 +162,8 @@ def _scores(video_id, n, prob=0.9, sim=0.97):
 
 
 def test_segment_real_videos_and_bad_input(tmp_path, corpus, root):
-    videos = pd.read_parquet(root / "artifacts" / "ingest" / "videos.parquet").set_index("clip_id", drop=False)
+    from medgen.ingest import ingest_corpus
+    videos = ingest_corpus(root / "data", progress=False)[0].set_index("clip_id", drop=False)  # built from the corpus: CI has no artifacts
     sel = videos.loc[["us_viral_subpleural_h1n1", "us_viral_whitelung_h1n1", "us_normal_convex_pat1_132943"]].copy()
     bad = videos.loc[["us_bact_pneumonia_airbronchogram"]].copy()
     (tmp_path / "broken.mp4").write_bytes(b"not a video at all\n" * 50)
