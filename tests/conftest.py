@@ -60,10 +60,10 @@ EXPECTED_BAD = {"bad_zero_bytes": "unreadable", "bad_truncated": "unreadable", "
 
 @pytest.fixture(scope="session")
 def defect_set_of(corpus):
-    """Build the filters' ground truth (medgen.defects) once per session per (sources, defects): real clips decoded with
+    """Build the filters' ground truth (medgen.curate.defects) once per session per (sources, defects): real clips decoded with
     params.yaml's `defects` settings, defects injected with `common.seed`."""
     from medgen.core import load_params
-    from medgen.defects import build_defect_set, load_sources
+    from medgen.curate.defects import build_defect_set, load_sources
     p, seed = load_params(ROOT / "params.yaml", "defects"), load_params(ROOT / "params.yaml", "common")["seed"]
     cache = {}
 

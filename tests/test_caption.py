@@ -1,4 +1,4 @@
-"""Captioning (medgen.caption) and narrative refining (medgen.refine): the OpenAI-compatible client against a loopback
+"""Captioning (medgen.curate.caption) and narrative refining (medgen.curate.refine): the OpenAI-compatible client against a loopback
 server that checks what arrives, camera motion on synthetic clips with known answers, grounding of the offline captioner,
 the refining classifier, and the per-clip loop with a bad file."""
 import base64, json, re, threading
@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medgen.caption import (CAMERA_MOTIONS, CaptionError, ModalityHead, caption_clip, caption_clips, caption_prompt, clip_meta,
+from medgen.curate.caption import (CAMERA_MOTIONS, CaptionError, ModalityHead, caption_clip, caption_clips, caption_prompt, clip_meta,
                             find_background, grounded_caption, load_backgrounds, load_prompts, load_vlm, measure_visual,
                             motion_attributes, synthetic_camera_clip, word_count)
 from medgen.core import write_table
-from medgen.refine import VisibilityClassifier, load_refine_examples, refine_caption
+from medgen.curate.refine import VisibilityClassifier, load_refine_examples, refine_caption
 from medgen.video import read_frames
 
 PAPER_PROMPT = ("The provided images are sampled from a medical video clip (8 evenly spaced frames).",
@@ -193,7 +193,7 @@ def tiny_llava(path):
 
 def test_transformers_backend_runs_a_local_model(us_clip, tmp_path, monkeypatch):
     "The real loading and two-turn generation code on a tiny random Llava: 8 images in, a detailed then a brief answer out."
-    import medgen.caption as mc
+    import medgen.curate.caption as mc
     frames, row = us_clip
     path = str(tiny_llava(tmp_path / "tiny_vlm"))
     cfg = {"vlm_model": path, "vlm_device": "cpu", "vlm_dtype": "float32", "vlm_max_new_tokens": 8}

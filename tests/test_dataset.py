@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from medgen.core import append_rejections, rejection, sha256_file, write_table
-from medgen.dataset import (METADATA_FIELDS, account_for_clips, account_for_videos, check_nothing_lost, collect_backends,
+from medgen.curate.dataset import (METADATA_FIELDS, account_for_clips, account_for_videos, check_nothing_lost, collect_backends,
                             compare_funnel, count_funnel, dataset_card, final_clips, package_clips, paper_funnel_table,
                             write_metadata)
 from medgen.video import read_frames, write_video

@@ -1,12 +1,12 @@
-"The defect set (medgen.defects): every injected defect on real corpus clips does what its label says, deterministically."
+"The defect set (medgen.curate.defects): every injected defect on real corpus clips does what its label says, deterministically."
 import numpy as np
 import pytest
 
-from medgen.defects import (DEFECTS, FILTERS, add_border, add_face, add_noise, blur, border_visible, build_defect_set,
+from medgen.curate.defects import (DEFECTS, FILTERS, add_border, add_face, add_noise, blur, border_visible, build_defect_set,
                             darken, expected_decisions, face_crop_box, h264, inject, jitter, jpeg, load_sources,
                             make_jumpy, make_static, source_is_static)
-from medgen.privacy import detect_faces
-from medgen.quality import blockiness, noise_sigma
+from medgen.curate.privacy import detect_faces
+from medgen.curate.quality import blockiness, noise_sigma
 
 US, CAR, ASL = "us_covid_blines_volpicelli_v1", "neg_car_detection", "neg_asl_book"
 

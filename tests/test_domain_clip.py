@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from medgen.core import seed_everything
-from medgen.domain_clip import (CONFIG_FILE, WEIGHTS_FILE, create_domain_clip, embed_images, embed_texts, embed_videos,
+from medgen.curate.domain_clip import (CONFIG_FILE, WEIGHTS_FILE, create_domain_clip, embed_images, embed_texts, embed_videos,
                                 load_domain_clip, sample_frames, save_domain_clip, text_groups, text_to_video_top1,
                                 train_domain_clip, video_embeddings, video_text)
 
@@ -16,7 +16,7 @@ HELD_OUT = ["us_normal_convex_181602", "us_viral_subpleural_h1n1", "neg_one_by_o
 
 @pytest.fixture(scope="module")
 def videos(root):
-    from medgen.ingest import ingest_corpus
+    from medgen.curate.ingest import ingest_corpus
     return ingest_corpus(root / "data", progress=False)[0].set_index("clip_id", drop=False)  # built from the corpus: CI has no artifacts
 
 

@@ -4,8 +4,8 @@ import pandas as pd
 import pytest
 
 from medgen.core import load_params
-from medgen.filters import evaluate_filter, score_clip, score_frames
-from medgen.border import frame_borders
+from medgen.curate.filters import evaluate_filter, score_clip, score_frames
+from medgen.curate.border import frame_borders
 from medgen.video import read_frames
 
 
@@ -44,7 +44,7 @@ def test_clean_corpus_false_alarms(corpus, manifest, cfg):
 
 
 def test_sides_and_widths_on_a_known_bar(corpus):
-    from medgen.defects import add_border
+    from medgen.curate.defects import add_border
     us, _ = read_frames(corpus / "videos" / "us_covid_lightbeam_dialysis_mov6.mov", n=8, max_side=256)
     r = score_frames("border", add_border(us, ("left",), 0.10, value=0))
     assert r["decision"] == "remove" and r["border_sides"] == "left" and "26 px" in r["reason"]
@@ -53,7 +53,7 @@ def test_sides_and_widths_on_a_known_bar(corpus):
 
 
 def test_persistence_a_bar_on_a_few_frames_is_not_a_border(corpus):
-    from medgen.defects import add_border
+    from medgen.curate.defects import add_border
     us, _ = read_frames(corpus / "videos" / "us_covid_lightbeam_dialysis_mov6.mov", n=8, max_side=256)
     mixed = us.copy(); mixed[:3] = add_border(us[:3], ("top", "bottom"), 0.1)
     r = score_frames("border", mixed, {"persist_frac": 0.6})

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from medgen.core import load_params
-from medgen.dynamics import content_cuts, keyframes, score_dynamics
-from medgen.filters import evaluate_filter, score_clip
+from medgen.curate.dynamics import content_cuts, keyframes, score_dynamics
+from medgen.curate.filters import evaluate_filter, score_clip
 
 
 @pytest.fixture(scope="module")

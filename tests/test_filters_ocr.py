@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from medgen.core import load_params
-from medgen.filters import evaluate_filter, score_clip
-from medgen.ocr import ocr_reader, read_words, score_ocr
+from medgen.curate.filters import evaluate_filter, score_clip
+from medgen.curate.ocr import ocr_reader, read_words, score_ocr
 
 SOURCES = ["us_normal_convex_181602", "us_covid_lightbeam_dialysis_mov6", "neg_car_detection"]
 

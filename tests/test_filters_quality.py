@@ -4,8 +4,8 @@ import pandas as pd
 import pytest
 
 from medgen.core import load_params
-from medgen.filters import evaluate_filter, score_frames
-from medgen.quality import joint_decision, quality_measures, technical_proxy, aesthetic_proxy
+from medgen.curate.filters import evaluate_filter, score_frames
+from medgen.curate.quality import joint_decision, quality_measures, technical_proxy, aesthetic_proxy
 
 DEGRADATIONS = ["blur", "noise", "jpeg", "h264", "darken"]
 OTHERS = ["jitter", "static", "subtitle", "watermark", "face"]
@@ -64,7 +64,7 @@ def test_technical_decisions(scores, cfg):
 
 
 def test_joint_and_filter_interface(ds, cfg):
-    # through medgen.filters with params.yaml's settings; measured precision 1.0, recall 0.88
+    # through medgen.curate.filters with params.yaml's settings; measured precision 1.0, recall 0.88
     res, m = evaluate_filter("joint", ds, cfg["joint"]["sample"], cfg["joint"]["settings"], progress=False)
     assert m["precision"] == 1.0 and m["recall"] >= 0.85
     assert (res.backend.str.contains("aesthetic-proxy") & res.backend.str.contains("technical-proxy")).all()

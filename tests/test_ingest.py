@@ -5,7 +5,7 @@ import pytest
 
 from conftest import EXPECTED_BAD, make_bad_corpus
 from medgen.core import REJECTION_COLUMNS, append_rejections, rejection
-from medgen.ingest import ingest_corpus, ingest_metrics, read_manifest
+from medgen.curate.ingest import ingest_corpus, ingest_metrics, read_manifest
 from medgen.video import VideoError, probe_video, read_frames, write_video
 
 # one clip per container the corpus holds

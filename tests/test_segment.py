@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from medgen.core import REJECTION_COLUMNS, rejections_frame
-from medgen.segment import (CLIP_COLUMNS, adjacent_similarity, balanced_weights, classification_metrics, clip_spans,
+from medgen.curate.segment import (CLIP_COLUMNS, adjacent_similarity, balanced_weights, classification_metrics, clip_spans,
                             cross_validate_head, find_segments, fit_head, grouped_folds, load_head, maximal_runs,
                             plan_video, save_head, segment_videos, splice_similarity, split_run)
 from medgen.video import probe_video, read_frames
@@ -162,7 +162,7 @@ def _scores(video_id, n, prob=0.9, sim=0.97):
 
 
 def test_segment_real_videos_and_bad_input(tmp_path, corpus, root):
-    from medgen.ingest import ingest_corpus
+    from medgen.curate.ingest import ingest_corpus
     videos = ingest_corpus(root / "data", progress=False)[0].set_index("clip_id", drop=False)  # built from the corpus: CI has no artifacts
     sel = videos.loc[["us_viral_subpleural_h1n1", "us_viral_whitelung_h1n1", "us_normal_convex_pat1_132943"]].copy()
     bad = videos.loc[["us_bact_pneumonia_airbronchogram"]].copy()

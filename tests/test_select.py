@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from medgen.core import REJECTION_COLUMNS, append_rejections, write_table
-from medgen.select import (DEFAULT_EMBEDDING, RULES, KeywordMatcher, binary_metrics, classifier_from_table, classifier_table,
+from medgen.curate.select import (DEFAULT_EMBEDDING, RULES, KeywordMatcher, binary_metrics, classifier_from_table, classifier_table,
                            decide, embed_texts, fit_text_classifier, load_embedder, load_keywords, load_labelled,
                            metadata_text, score_videos, select_videos, term_pattern, text_scores, train_text_classifier)
 
