@@ -37,7 +37,27 @@ data: $(STAMP)
 repro: setup
 	$(BIN)/dvc repro
 
-test: setup
+# Debian's Chromium for the browser tests (tests/test_browser.py; Playwright drives /usr/bin/chromium, never its own download).
+# Installed only when missing; needs root and apt-get.
+.PHONY: browser
+browser:
+	@if [ ! -x /usr/bin/chromium ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "make browser: installing chromium with apt-get"; \
+			log=$$(mktemp); \
+			if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >"$$log" 2>&1; then \
+				tail -n 20 "$$log" >&2; rm -f "$$log"; \
+				echo "make browser: apt-get could not install chromium (see above)" >&2; exit 1; \
+			fi; \
+			rm -f "$$log"; \
+		else \
+			echo "make browser: /usr/bin/chromium is missing and apt-get cannot run here (it needs root on Debian)." >&2; \
+			echo "  Install it yourself: sudo apt-get update && sudo apt-get install -y chromium" >&2; \
+			exit 1; \
+		fi; \
+	fi
+
+test: setup browser
 	$(BIN)/python -m pytest
 
 # Unit tests only (no dvc repro integration run).

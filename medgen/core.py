@@ -89,11 +89,11 @@ def write_json(obj, path: str | Path) -> Path:
     return path
 
 # %% ../nbs/00_core.ipynb #3200e85e
-REJECTION_COLUMNS = ["clip_id", "stage", "reason", "detail"]
+REJECTION_COLUMNS = ["video_id", "clip_id", "stage", "reason", "detail"]
 
-def rejection(clip_id: str, stage: str, reason: str, detail: str = "") -> dict:
-    "One rejection row."
-    return dict(clip_id=str(clip_id), stage=stage, reason=reason, detail=str(detail))
+def rejection(video_id: str, stage: str, reason: str, detail: str = "", clip_id: str | None = None) -> dict:
+    "One rejection row: a source video, or one of its clips when `clip_id` is given; `reason` is a short code, `detail` says why in words."
+    return dict(video_id=str(video_id), clip_id=None if clip_id is None else str(clip_id), stage=stage, reason=reason, detail=str(detail))
 
 def rejections_frame(rows: Iterable[Mapping] = ()) -> pd.DataFrame:
     "A rejection table from rows (possibly none), with the standard columns in order."
@@ -101,8 +101,8 @@ def rejections_frame(rows: Iterable[Mapping] = ()) -> pd.DataFrame:
     return df.astype({c: "string" for c in REJECTION_COLUMNS})
 
 def append_rejections(previous: pd.DataFrame | str | Path | None, rows: Iterable[Mapping]) -> pd.DataFrame:
-    "The earlier stages' rejections (a frame, a parquet path or None) followed by this stage's rows, sorted by clip id."
+    "The earlier stages' rejections (a frame, a parquet path or None) followed by this stage's rows, sorted by video and clip id."
     if isinstance(previous, (str, Path)): previous = pd.read_parquet(previous)
     prev = rejections_frame() if previous is None else previous[REJECTION_COLUMNS].astype("string")
-    new = rejections_frame(rows).sort_values(["clip_id", "reason"], kind="stable")
+    new = rejections_frame(rows).sort_values(["video_id", "clip_id", "reason"], kind="stable", na_position="first")
     return pd.concat([prev, new], ignore_index=True)

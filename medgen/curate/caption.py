@@ -542,9 +542,9 @@ def sample_video_frames(videos: pd.DataFrame, corpus_dir: str | Path, n: int = 8
     from medgen.core import rejection
     from medgen.video import VideoError, read_frames
     out, bad = {}, []
-    for row in tqdm(videos.sort_values("clip_id").to_dict("records"), desc="modality frames", unit="video", disable=not progress):
-        try: out[row["clip_id"]] = read_frames(Path(corpus_dir) / row["file"], n=n, max_side=max_side)[0]
-        except VideoError as e: bad.append(rejection(row["clip_id"], STAGE, "unreadable", f"modality training frames: {e}"))
+    for row in tqdm(videos.sort_values("video_id").to_dict("records"), desc="modality frames", unit="video", disable=not progress):
+        try: out[row["video_id"]] = read_frames(Path(corpus_dir) / row["file"], n=n, max_side=max_side)[0]
+        except VideoError as e: bad.append(rejection(row["video_id"], STAGE, "unreadable", f"modality training frames: {e}"))
     return out, bad
 
 def _r(x, nd=5):
@@ -569,7 +569,7 @@ def caption_clips(clips: pd.DataFrame, clips_dir: str | Path, cfg: Mapping | Non
             mframes, mtimes = read_frames(path, fps=float(c["motion_fps"]), max_side=int(c["motion_side"]))
             if len(frames) == 0: raise VideoError("no frames")
         except VideoError as e:
-            bad.append(rejection(cid, STAGE, "unreadable", f"{row['file']}: {e}")); log.warning("cannot read %s: %s", cid, e); continue
+            bad.append(rejection(row["video_id"], STAGE, "unreadable", f"{row['file']}: {e}", clip_id=cid)); log.warning("cannot read %s: %s", cid, e); continue
         visual = measure_visual(frames, mframes, mtimes, c, int(c["seed"]))
         if modality_fn is not None:
             label, prob, mbackend = modality_fn(frames, row)
@@ -579,12 +579,12 @@ def caption_clips(clips: pd.DataFrame, clips_dir: str | Path, cfg: Mapping | Non
         if bg is None: log.warning("no background for %s (source %r)", cid, meta["source"])
         try: cap = caption_clip(frames, meta, bg["background"] if bg else None, backend, visual, c, prompts)
         except CaptionError as e:
-            bad.append(rejection(cid, STAGE, "caption_failed", str(e))); log.warning("caption failed for %s: %s", cid, e); continue
+            bad.append(rejection(row["video_id"], STAGE, "caption_failed", str(e), clip_id=cid)); log.warning("caption failed for %s: %s", cid, e); continue
         ref = refine_fn(cap) if refine_fn else dict(refined=cap["detailed"], removed=[], backend="none", kept_raw=False)
         removed = {p["sentence"] for p in ref["removed"]}
         prov = [p | {"kept": p["sentence"] not in removed} for p in cap["provenance"]]
         rows.append(dict(
-            clip_id=cid, video_id=row.get("video_id", cid), start_s=_r(row.get("start_s")), end_s=_r(row.get("end_s")),
+            clip_id=cid, video_id=row["video_id"], start_s=_r(row.get("start_s")), end_s=_r(row.get("end_s")),
             duration_s=_r(row.get("duration_s")),
             detailed_caption=ref["refined"], detailed_caption_raw=cap["detailed"], brief_caption=cap["brief"],
             detailed_words=word_count(ref["refined"]), detailed_raw_words=word_count(cap["detailed"]), brief_words=word_count(cap["brief"]),

@@ -24,15 +24,16 @@ __all__ = ['SIDES', 'BORDER_SIDES', 'FONT', 'DEFECTS', 'FILTERS', 'load_sources'
            'source_is_static', 'DefectSet', 'inject', 'build_defect_set']
 
 # %% ../../nbs/20_defects.ipynb #6a4d8eba
-def load_sources(corpus_dir: str | Path, clip_ids, fps: float = 8.0, duration_s: float = 4.0, max_side: int = 256,
+def load_sources(corpus_dir: str | Path, video_ids, fps: float = 8.0, duration_s: float = 4.0, max_side: int = 256,
                  manifest: str = "manifest.csv") -> dict[str, np.ndarray]:
-    "Frames `(T,H,W,3)` of each clip id (first `duration_s` s at `fps`, longest side `max_side`), keyed by id."
+    "Frames `(T,H,W,3)` of each source video id (first `duration_s` s at `fps`, longest side `max_side`), keyed by id."
     corpus_dir = Path(corpus_dir)
-    man = pd.read_csv(corpus_dir / manifest, dtype=str, keep_default_na=False).set_index("clip_id")
-    missing = sorted(set(clip_ids) - set(man.index))
-    if missing: raise KeyError(f"clip ids not in {corpus_dir / manifest}: {missing}")
+    from medgen.curate.ingest import read_manifest
+    man = read_manifest(corpus_dir / manifest).set_index("video_id")
+    missing = sorted(set(video_ids) - set(man.index))
+    if missing: raise KeyError(f"video ids not in {corpus_dir / manifest}: {missing}")
     out = {}
-    for cid in sorted(clip_ids):
+    for cid in sorted(video_ids):
         frames, _ = read_frames(corpus_dir / man.loc[cid, "file"], fps=fps, end_s=duration_s, max_side=max_side)
         out[cid] = frames[:, : frames.shape[1] // 2 * 2, : frames.shape[2] // 2 * 2]  # even sides (H.264 round trip)
     return out

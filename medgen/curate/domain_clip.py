@@ -59,15 +59,15 @@ def sample_frames(videos: pd.DataFrame, corpus_dir: str | Path, fps: float = 1.0
                   stage: str = "clip", progress: bool = True) -> tuple[dict, list[dict]]:
     "`{video_id: (frames (T,H,W,3) uint8, times_s)}` at `fps` for every row of `videos`, and rejection rows for failures."
     log, out, errors = get_logger("medgen.curate.domain_clip"), {}, []
-    rows = videos.reset_index(drop=True).sort_values("clip_id", kind="stable").to_dict("records")
+    rows = videos.reset_index(drop=True).sort_values("video_id", kind="stable").to_dict("records")
     for row in tqdm(rows, desc=f"frames @ {fps:g} fps", unit="video", disable=not progress):
         try:
             frames, times = read_frames(Path(corpus_dir) / row["file"], fps=fps, max_side=max_side, info=video_info(row))
             if len(frames) == 0: raise VideoError("no frame at the sampling rate")
-            out[row["clip_id"]] = (frames, times)
+            out[row["video_id"]] = (frames, times)
         except VideoError as e:
-            errors.append(rejection(row["clip_id"], stage, "unreadable", f"sampling frames at {fps:g} fps: {e}"))
-            log.warning("cannot sample %s: %s", row["clip_id"], e)
+            errors.append(rejection(row["video_id"], stage, "unreadable", f"sampling frames at {fps:g} fps: {e}"))
+            log.warning("cannot sample %s: %s", row["video_id"], e)
     return out, errors
 
 def video_text(row: Mapping) -> str:

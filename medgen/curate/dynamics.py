@@ -37,16 +37,16 @@ def keyframes(frames: np.ndarray, fps: float, threshold: float = 27.0, min_scene
 def score_dynamics(frames: np.ndarray, fps: float = 8.0, motion_threshold: float = 2.0, cut_threshold: float = 35.0,
                    min_keyframes: int = 2, max_keyframes: int | None = 100, max_cuts_per_s: float | None = 1.0,
                    min_scene_len: int = 1, luma_only: bool = True) -> dict:
-    "Ophora's dynamics rule: < `min_keyframes` (at `motion_threshold`) or too many cuts (at `cut_threshold`) removes the clip."
+    "Ophora's dynamics rule: < `min_keyframes` (at `motion_threshold`) or too many cuts (at `cut_threshold`) removes the clip; `code` is `static` or `jumpy`."
     frames = np.asarray(frames)
     if len(frames) == 0: raise ValueError("no frames")
     moving = keyframes(frames, fps, motion_threshold, min_scene_len, luma_only)
     cut = moving if cut_threshold == motion_threshold else keyframes(frames, fps, cut_threshold, min_scene_len, luma_only)
     duration = len(frames) / fps
     rate = (cut - 1) / duration
-    why = []
-    if moving < min_keyframes: why.append(f"static: {moving} keyframe(s) < {min_keyframes} (change threshold {motion_threshold})")
-    if max_keyframes is not None and cut > max_keyframes: why.append(f"jumpy: {cut} keyframes > {max_keyframes}")
-    if max_cuts_per_s is not None and rate > max_cuts_per_s: why.append(f"jumpy: {rate:.2f} cuts/s > {max_cuts_per_s} (cut threshold {cut_threshold})")
+    why, codes = [], []
+    if moving < min_keyframes: codes.append("static"); why.append(f"static: {moving} keyframe(s) < {min_keyframes} (change threshold {motion_threshold})")
+    if max_keyframes is not None and cut > max_keyframes: codes.append("jumpy"); why.append(f"jumpy: {cut} keyframes > {max_keyframes}")
+    if max_cuts_per_s is not None and rate > max_cuts_per_s: codes.append("jumpy"); why.append(f"jumpy: {rate:.2f} cuts/s > {max_cuts_per_s} (cut threshold {cut_threshold})")
     return dict(score=float(rate), keyframes_motion=int(moving), keyframes_cut=int(cut), cuts_per_s=float(rate),
-                decision="remove" if why else "keep", reason="; ".join(why), backend=DYNAMICS_BACKEND)
+                decision="remove" if why else "keep", code=codes[0] if codes else "", reason="; ".join(why), backend=DYNAMICS_BACKEND)

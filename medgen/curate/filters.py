@@ -87,7 +87,7 @@ def score_clip(name: str, path: str | Path, sample: dict, settings: dict | None 
 
 # %% ../../nbs/26_filters.ipynb #60d5a0c1
 REASON_CODES = {"border": "black_border", "ocr": "subtitles", "aesthetic": "low_aesthetic", "technical": "low_technical",
-                "joint": "low_joint_quality", "dynamics": "dynamics"}
+                "joint": "low_joint_quality"}  # dynamics returns its own code (static | jumpy)
 
 def score_clips(name: str, clips: pd.DataFrame, clips_dir: str | Path, sample: dict, settings: dict | None = None,
                 progress: bool = True) -> tuple[pd.DataFrame, list[dict]]:
@@ -102,12 +102,11 @@ def score_clips(name: str, clips: pd.DataFrame, clips_dir: str | Path, sample: d
         except (VideoError, ValueError) as e:
             log.warning("%s: cannot score %s: %s", stage, rec["clip_id"], e)
             rows.append(dict(clip_id=rec["clip_id"], score=float("nan"), decision="error", reason=str(e), backend=""))
-            rejected.append(rejection(rec["clip_id"], stage, "unreadable", str(e))); continue
+            rejected.append(rejection(rec["video_id"], stage, "unreadable", str(e), clip_id=rec["clip_id"])); continue
         extras = {k: (v if np.isscalar(v) else str(v)) for k, v in r.items() if k not in ("score", "decision", "reason", "backend")}
         rows.append(dict(clip_id=rec["clip_id"], score=float(r["score"]), decision=r["decision"], reason=r["reason"], backend=r["backend"], **extras))
         if r["decision"] == "remove":
-            code = REASON_CODES[name] if name != "dynamics" else r["reason"].split(":")[0]
-            rejected.append(rejection(rec["clip_id"], stage, code, r["reason"]))
+            rejected.append(rejection(rec["video_id"], stage, r.get("code") or REASON_CODES[name], r["reason"], clip_id=rec["clip_id"]))
     return pd.DataFrame(rows), rejected
 
 # %% ../../nbs/26_filters.ipynb #891b91e9

@@ -19,7 +19,7 @@ __all__ = ['STAGE', 'REQUIRED_COLUMNS', 'VIDEO_SUFFIXES', 'read_manifest', 'chec
 
 # %% ../../nbs/10_ingest.ipynb #b537e74e
 STAGE = "ingest"
-REQUIRED_COLUMNS = ["clip_id", "file", "sha256", "domain", "modality", "license"]
+REQUIRED_COLUMNS = ["video_id", "file", "sha256", "domain", "modality", "license"]
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mpeg", ".mpg", ".mkv", ".gif", ".avi", ".webm", ".m4v"}
 
 def read_manifest(path: str | Path) -> pd.DataFrame:
@@ -27,6 +27,7 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"manifest not found: {path}")
     df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if "video_id" not in df.columns and "clip_id" in df.columns: df = df.rename(columns={"clip_id": "video_id"})  # the older manifests' name
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing: raise ValueError(f"manifest {path} lacks required columns {missing}; it has {list(df.columns)}")
     return df
@@ -34,14 +35,14 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
 # %% ../../nbs/10_ingest.ipynb #f5f6e4d5
 def check_video(corpus_dir: Path, row: dict, verify_checksums: bool = True) -> tuple[dict | None, dict | None]:
     "Check one manifest row: `(video_row, None)` if it passes, `(None, rejection_row)` with the reason if not."
-    cid, path = row["clip_id"], Path(corpus_dir) / row["file"]
-    if not path.is_file(): return None, rejection(cid, STAGE, "missing", f"file not found: {row['file']}")
+    vid, path = row["video_id"], Path(corpus_dir) / row["file"]
+    if not path.is_file(): return None, rejection(vid, STAGE, "missing", f"file not found: {row['file']}")
     if verify_checksums:
         digest = sha256_file(path)
         if digest != row["sha256"].strip().lower():
-            return None, rejection(cid, STAGE, "checksum", f"sha256 {digest[:12]}… differs from manifest {row['sha256'][:12]}…")
+            return None, rejection(vid, STAGE, "checksum", f"sha256 {digest[:12]}… differs from manifest {row['sha256'][:12]}…")
     try: info = probe_video(path)
-    except VideoError as e: return None, rejection(cid, STAGE, "unreadable", str(e))
+    except VideoError as e: return None, rejection(vid, STAGE, "unreadable", str(e))
     return {**row, **info.as_dict()}, None
 
 # %% ../../nbs/10_ingest.ipynb #6c4f6167
@@ -52,21 +53,21 @@ def ingest_corpus(corpus_dir: str | Path, manifest: str = "manifest.csv", verify
     man = read_manifest(corpus_dir / manifest)
     log.info("ingesting %d manifest rows from %s (checksums %s)", len(man), corpus_dir, "on" if verify_checksums else "off")
     videos, rejected = [], []
-    dup = man.clip_id.duplicated(keep="first")
+    dup = man.video_id.duplicated(keep="first")
     for _, row in man[dup].iterrows():
-        rejected.append(rejection(row.clip_id, STAGE, "duplicate_id", f"clip id listed again for {row.file}"))
-    rows = man[~dup].sort_values("clip_id", kind="stable").to_dict("records")
+        rejected.append(rejection(row.video_id, STAGE, "duplicate_id", f"video id listed again for {row.file}"))
+    rows = man[~dup].sort_values("video_id", kind="stable").to_dict("records")
     for row in tqdm(rows, desc="ingest", unit="video", disable=not progress):
         ok, bad = check_video(corpus_dir, row, verify_checksums)
         if ok: videos.append(ok)
-        else: rejected.append(bad); log.warning("rejected %s: %s (%s)", bad["clip_id"], bad["reason"], bad["detail"])
+        else: rejected.append(bad); log.warning("rejected %s: %s (%s)", bad["video_id"], bad["reason"], bad["detail"])
     listed = {str(Path(f)) for f in man.file}
     for p in sorted(corpus_dir.rglob("*")):
         rel = str(p.relative_to(corpus_dir))
         if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES and rel not in listed:
             rejected.append(rejection(p.stem, STAGE, "unlisted", f"{rel} is in the folder but not in the manifest"))
     vdf = pd.DataFrame(videos)
-    if len(vdf): vdf = vdf.sort_values("clip_id", kind="stable").reset_index(drop=True)
+    if len(vdf): vdf = vdf.sort_values("video_id", kind="stable").reset_index(drop=True)
     log.info("kept %d videos, rejected %d", len(vdf), len(rejected))
     return vdf, rejections_frame(rejected)
 

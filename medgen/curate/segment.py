@@ -198,9 +198,9 @@ def segment_videos(selected: pd.DataFrame, frames: pd.DataFrame, corpus_dir: str
     from medgen.curate.domain_clip import video_info
     log, rows, rejected = get_logger("medgen.curate.segment"), [], []
     by_video = {v: g.sort_values("t_s") for v, g in frames.groupby("video_id")}
-    records = selected.reset_index(drop=True).sort_values("clip_id", kind="stable").to_dict("records")
+    records = selected.reset_index(drop=True).sort_values("video_id", kind="stable").to_dict("records")
     for video in tqdm(records, desc="segment", unit="video", disable=not progress):
-        vid = video["clip_id"]
+        vid = video["video_id"]
         if vid not in by_video:
             err = (sampling_errors or {}).get(vid, "no frame scores for this video")
             rejected.append(rejection(vid, STAGE, "unreadable", err)); continue

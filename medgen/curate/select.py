@@ -248,16 +248,16 @@ def fit_text_classifier(labelled: pd.DataFrame, embedder, backend: str, matcher:
 def score_videos(videos: pd.DataFrame, matcher: KeywordMatcher, embedder, clf: LogisticRegression, backend: str,
                  batch_size: int = 64, progress: bool = True) -> pd.DataFrame:
     "Per video: keyword hits, their count and categories, the classifier's probability and its backend (NaN: no text)."
-    missing = [c for c in ["clip_id", *TEXT_COLUMNS] if c not in videos.columns]
+    missing = [c for c in ["video_id", *TEXT_COLUMNS] if c not in videos.columns]
     if missing: raise ValueError(f"videos table lacks columns {missing}; it has {list(videos.columns)}")
-    if videos.clip_id.duplicated().any(): raise ValueError(f"duplicated clip ids: {sorted(videos.clip_id[videos.clip_id.duplicated()])[:5]}")
-    videos = videos.sort_values("clip_id", kind="stable").reset_index(drop=True)
+    if videos.video_id.duplicated().any(): raise ValueError(f"duplicated video ids: {sorted(videos.video_id[videos.video_id.duplicated()])[:5]}")
+    videos = videos.sort_values("video_id", kind="stable").reset_index(drop=True)
     texts = [metadata_text(t, d) for t, d in zip(videos.title, videos.description)]
     hits = [matcher.find(t) for t in tqdm(texts, desc="select: keywords", unit="video", disable=not progress)]
     has_text = np.array([bool(t) for t in texts], bool)
     score = np.full(len(videos), np.nan)
     score[has_text] = text_scores(clf, embed_texts(embedder, [t for t in texts if t], batch_size))
-    return pd.DataFrame(dict(clip_id=videos.clip_id.astype(str), keyword_hits=["; ".join(h) for h in hits],
+    return pd.DataFrame(dict(video_id=videos.video_id.astype(str), keyword_hits=["; ".join(h) for h in hits],
                              keyword_count=np.array([len(h) for h in hits], dtype=np.int64),
                              keyword_categories=["; ".join(matcher.categories(h)) for h in hits],
                              text_score=score, text_backend=backend))
@@ -272,11 +272,11 @@ def select_videos(videos: pd.DataFrame, scores: pd.DataFrame, rule: str = "keywo
     rows = []
     for r in decided[~decided.selected].itertuples():
         score = "none (empty title and description)" if np.isnan(r.text_score) else f"{r.text_score:.3f}"
-        rows.append(rejection(r.clip_id, STAGE, r.reason, f"keyword hits {r.keyword_count} (need {min_keyword_hits}): "
+        rows.append(rejection(r.video_id, STAGE, r.reason, f"keyword hits {r.keyword_count} (need {min_keyword_hits}): "
                               f"{r.keyword_hits or 'none'}; text score {score} (need {threshold:g}, {r.text_backend}); rule {rule}"))
-    videos = videos.sort_values("clip_id", kind="stable").reset_index(drop=True)
-    cols = ["clip_id", "keyword_hits", "keyword_count", "text_score", "text_backend"]
-    kept = videos.merge(decided.loc[decided.selected, cols], on="clip_id", how="inner", validate="one_to_one")
+    videos = videos.sort_values("video_id", kind="stable").reset_index(drop=True)
+    cols = ["video_id", "keyword_hits", "keyword_count", "text_score", "text_backend"]
+    kept = videos.merge(decided.loc[decided.selected, cols], on="video_id", how="inner", validate="one_to_one")
     return kept.reset_index(drop=True), decided, rows
 
 # %% ../../nbs/11_select.ipynb #48a5494b
