@@ -47,9 +47,11 @@ def stage_values(sections: list[str], # params sections whose keys become notebo
                  paths: dict[str, str] | None = None, # NAME -> PATH from the stage's `--set` (dvc.yaml)
                  params: dict | None = None, # the profiled params (default: `profiled_params()`)
                 ) -> dict:
-    "The variables a stage notebook runs with: `seed`, the knobs of `sections`, and the paths; a name given twice is an error."
+    "The variables a stage notebook runs with: `seed` and `profile`, the knobs of `sections`, and the paths; a name given twice is an error."
     params = profiled_params() if params is None else params
-    values, origin = {"seed": params["common"]["seed"]}, {"seed": "common.seed"}
+    common = params["common"]
+    values = {"seed": common["seed"], "profile": common.get("profile", "embedded")}
+    origin = {k: f"common.{k}" for k in values}
     for where, items in [*((s, params_section(params, s)) for s in sections), ("--set", paths or {})]:
         for k, v in items.items():
             if k in values: raise ValueError(f"{k!r} is given by both {origin[k]} and {where}: each fact has one home")
@@ -85,7 +87,7 @@ def dvc_stage_commands(root: str | Path | None = None, # project root
     from dvc.repo import Repo
     root = Path(root) if root else project_root()
     with Repo(str(root)) as repo:
-        return {s.addressing: s.cmd for s in repo.index.stages if s.cmd}
+        return {s.name: s.cmd for s in repo.index.stages if s.cmd}
 
 # %% ../nbs/03_stages.ipynb #9dd38056
 def load_stage(stage: str, # the DVC stage name (`select`, `filter@ocr`)

@@ -27,32 +27,40 @@ __all__ = ['FUNNEL_COLUMNS', 'STAGE', 'REQUIRED_CLIP_COLUMNS', 'METADATA_FIELDS'
 FUNNEL_COLUMNS = ["step", "stage", "unit_in", "n_in", "n_removed", "n_kept", "unit_out", "n_out", "n_flagged",
                   "fraction_kept", "unaccounted", "reasons"]
 
-def count_funnel(steps: list[dict], rejections: pd.DataFrame) -> pd.DataFrame:
-    """One row per step of `steps` (in funnel order): items in, removed, kept, out, flagged, with reasons.
-    A step is a dict: `stage` (its name in the rejection table), `survivors` (its output table, with `clip_id`),
-    `unit` (of that table), optionally `parent` (column naming the previous unit's id when the unit changes) and
-    `flag` (boolean column of a flag-only stage)."""
-    rej = rejections.astype({"clip_id": str, "stage": str, "reason": str})
-    rows, prev_out, prev_unit = [], None, None
-    for i, st in enumerate(steps):
-        stage, unit, surv, parent, flag = st["stage"], st["unit"], st["survivors"], st.get("parent"), st.get("flag")
-        need = ["clip_id"] + [c for c in (parent, flag) if c]
-        missing = [c for c in need if c not in surv.columns]
-        if missing: raise KeyError(f"funnel step {stage!r}: its table lacks column(s) {missing}")
-        if prev_unit and unit != prev_unit and not parent:
-            raise ValueError(f"funnel step {stage!r} turns {prev_unit} into {unit} but names no `parent` column")
-        mine = rej[rej.stage == stage].drop_duplicates("clip_id")
-        kept = surv[~surv.clip_id.astype(str).isin(set(mine.clip_id))]   # a flag-only stage's unscorable clips leave
-        unit_in = prev_unit or unit
-        n_kept = int(kept[parent].nunique()) if parent else len(kept)
-        n_removed = len(mine)
-        n_in = prev_out if i else n_kept + n_removed
-        reasons = "; ".join(f"{r} {n}" for r, n in mine.groupby("reason").size().sort_index().items())
-        rows.append(dict(step=i + 1, stage=stage, unit_in=unit_in, n_in=n_in, n_removed=n_removed, n_kept=n_kept,
-                         unit_out=unit, n_out=len(kept), n_flagged=int(kept[flag].astype(bool).sum()) if flag else 0,
-                         fraction_kept=n_kept / n_in if n_in else float("nan"), unaccounted=n_in - n_removed - n_kept,
-                         reasons=reasons))
-        prev_out, prev_unit = len(kept), unit
+def count_funnel(stages: list[str], # the chain's stages in order (`medgen.stages.chain_stages`, from dvc.yaml's wiring)
+                 kept: pd.DataFrame, # what came out of the last stage: one row per clip, with `video_id` and `clip_id`
+                 rejections: pd.DataFrame, # the chain's rejection table (video rows have no `clip_id`)
+                 split_stage: str = "segment", # the stage that cuts videos into clips
+                 flagged: dict[str, int] | None = None, # stage -> clips it flagged (a flag-only stage keeps them)
+                 actual: dict[str, int] | None = None, # stage -> the size of its real output table, to audit the count
+                ) -> pd.DataFrame:
+    """One row per stage: items in, removed, kept, out, flagged, with reasons; counted backwards from the last stage's
+    output through the rejection table, so no stage's table is read. `unaccounted` = `actual` minus the count."""
+    if split_stage not in stages: raise ValueError(f"the chain {stages} has no stage {split_stage!r}")
+    rej = rejections.astype({"video_id": "string", "clip_id": "string", "stage": "string", "reason": "string"})
+    unknown = sorted(set(rej.stage) - set(stages))
+    if unknown: raise ValueError(f"rejection rows from stages outside the chain: {unknown}")
+    split, flagged, actual = stages.index(split_stage), flagged or {}, actual or {}
+    clip_rows = rej[rej.clip_id.notna()]
+    after, n = {}, len(kept)  # items after each stage: clips from the split on, videos before
+    for s in reversed(stages[split + 1:]):
+        after[s] = n; n += int((clip_rows.stage == s).sum())
+    after_split_clips = n
+    videos = set(kept.video_id.astype(str)) | set(clip_rows.video_id[clip_rows.stage.isin(stages[split + 1:])])
+    n = len(videos)
+    for s in reversed(stages[:split + 1]):
+        after[s] = n; n += int(((rej.stage == s) & rej.clip_id.isna()).sum())
+    rows, n_in = [], n
+    for i, s in enumerate(stages):
+        mine = rej[rej.stage == s]
+        unit_in, unit_out = ("videos" if i <= split else "clips"), ("videos" if i < split else "clips")
+        n_out = after_split_clips if i == split else after[s]
+        rows.append(dict(step=i + 1, stage=s, unit_in=unit_in, n_in=n_in, n_removed=len(mine), n_kept=after[s],
+                         unit_out=unit_out, n_out=n_out, n_flagged=int(flagged.get(s, 0)),
+                         fraction_kept=after[s] / n_in if n_in else float("nan"),
+                         unaccounted=int(actual[s] - n_out) if s in actual else 0,
+                         reasons="; ".join(f"{r} {k}" for r, k in mine.groupby("reason").size().sort_index().items())))
+        n_in = n_out
     return pd.DataFrame(rows, columns=FUNNEL_COLUMNS)
 
 # %% ../../nbs/30_dataset.ipynb #f79ec2a3
@@ -97,7 +105,7 @@ METADATA_FIELDS = {
 
 def final_clips(clips: pd.DataFrame, rejections: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     "The last filter's clips minus any holding a rejection row (sorted by clip id), and the ids dropped."
-    rejected = set(rejections.clip_id.astype(str))
+    rejected = set(rejections.clip_id.dropna().astype(str))
     gone = sorted(set(clips.clip_id.astype(str)) & rejected)
     keep = clips[~clips.clip_id.astype(str).isin(rejected)]
     return keep.sort_values("clip_id", kind="stable").reset_index(drop=True), gone
@@ -109,29 +117,26 @@ def _file_stem(clip_id: str) -> str:
 def _words(text) -> int:
     return len(str(text).split()) if isinstance(text, str) else 0
 
-def package_clips(clips: pd.DataFrame, segment_clips: pd.DataFrame, clips_dir: str | Path, out_dir: str | Path,
+def package_clips(clips: pd.DataFrame, clips_dir: str | Path, out_dir: str | Path,
                   category_column: str = "modality", privacy_flag_column: str = "privacy_flag",
                   progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Copy every clip of `clips` (file from `segment_clips`, relative to `clips_dir`) into `out_dir/videos/`, probe it,
+    """Copy every clip of `clips` (its `file` is relative to `clips_dir`) into `out_dir/videos/`, probe it,
     and return the metadata table (METADATA_FIELDS, sorted by file name) and the rejection rows of clips that failed."""
     log, out_dir, clips_dir = get_logger("medgen.curate.dataset"), Path(out_dir), Path(clips_dir)
-    missing = [c for c in REQUIRED_CLIP_COLUMNS + [category_column, privacy_flag_column] if c not in clips.columns]
+    missing = [c for c in REQUIRED_CLIP_COLUMNS + ["file", category_column, privacy_flag_column] if c not in clips.columns]
     if missing: raise KeyError(f"the clips table lacks column(s) {missing}")
-    files = dict(zip(segment_clips.clip_id.astype(str), segment_clips.file))
     videos = out_dir / "videos"
     if videos.exists(): shutil.rmtree(videos)        # a rerun must not keep clips that left since
     videos.mkdir(parents=True)
     rows, bad = [], []
     for rec in tqdm(clips.sort_values("clip_id").to_dict("records"), desc="package", unit="clip", disable=not progress):
-        cid = str(rec["clip_id"])
-        if cid not in files:
-            bad.append(rejection(cid, STAGE, "no_clip_file", "clip id not in the segment stage's clips table")); continue
-        src = clips_dir / files[cid]
+        cid, vid = str(rec["clip_id"]), str(rec["video_id"])
+        src = clips_dir / rec["file"]
         if not src.is_file():
-            bad.append(rejection(cid, STAGE, "missing_file", f"{files[cid]} not found in {clips_dir}")); continue
+            bad.append(rejection(vid, STAGE, "missing_file", f"{rec['file']} not found in {clips_dir}", clip_id=cid)); continue
         try: info = probe_video(src)
         except VideoError as e:
-            bad.append(rejection(cid, STAGE, "unreadable", f"{files[cid]}: {e}")); continue
+            bad.append(rejection(vid, STAGE, "unreadable", f"{rec['file']}: {e}", clip_id=cid)); continue
         name = f"videos/{_file_stem(cid)}{src.suffix.lower()}"
         shutil.copyfile(src, out_dir / name)
         flag = rec[privacy_flag_column]
@@ -161,9 +166,9 @@ def write_metadata(meta: pd.DataFrame, out_dir: str | Path) -> tuple[Path, Path]
 # %% ../../nbs/30_dataset.ipynb #471796d0
 def account_for_videos(video_ids, segment_clips: pd.DataFrame, dataset_ids, rejections: pd.DataFrame) -> pd.DataFrame:
     "Where every video of `video_ids` ended: clips cut, in the dataset, rejected; its own rejection; a status."
-    rej = rejections.astype({"clip_id": str, "stage": str, "reason": str})
-    first_rej = rej.drop_duplicates("clip_id").set_index("clip_id")
-    rejected, in_ds = set(rej.clip_id), set(map(str, dataset_ids))
+    video_rows = rejections[rejections.clip_id.isna()].astype({"video_id": str, "stage": str, "reason": str})
+    first_rej = video_rows.drop_duplicates("video_id").set_index("video_id")
+    rejected, in_ds = set(rejections.clip_id.dropna().astype(str)), set(map(str, dataset_ids))
     by_video = segment_clips.assign(clip_id=segment_clips.clip_id.astype(str)).groupby("video_id").clip_id.apply(list)
     rows = []
     for vid in sorted(set(map(str, video_ids))):
@@ -177,7 +182,8 @@ def account_for_videos(video_ids, segment_clips: pd.DataFrame, dataset_ids, reje
 
 def account_for_clips(segment_clips: pd.DataFrame, dataset_ids, rejections: pd.DataFrame) -> pd.DataFrame:
     "Where every segmented clip ended: `in_dataset`, `rejected` (with the first stage and reason), or `lost`."
-    first_rej = rejections.astype({"clip_id": str}).drop_duplicates("clip_id").set_index("clip_id")
+    clip_rows = rejections[rejections.clip_id.notna()]
+    first_rej = clip_rows.astype({"clip_id": str}).drop_duplicates("clip_id").set_index("clip_id")
     in_ds = set(map(str, dataset_ids))
     rows = [dict(clip_id=c, video_id=v, status="in_dataset" if c in in_ds else "rejected" if c in first_rej.index else "lost",
                  rejection="" if c in in_ds or c not in first_rej.index else f"{first_rej.stage[c]}: {first_rej.reason[c]}")
@@ -416,8 +422,9 @@ Camera motion: {", ".join(f"{k} {v}" for k, v in motion.items()) or "none"}.
 
 ## How it was made: the funnel
 
-Each stage's items in, removed (with the reasons of the rejection table), kept and out, counted from the stages'
-output tables; videos up to segmentation, clips after. `rejections.parquet` beside this folder holds one row per
+Each stage's items in, removed (with the reasons of the rejection table), kept and out, counted from the last
+stage's output and the rejection table (audited against ingest's and segment's tables); videos up to segmentation,
+clips after. `rejections.parquet` beside this folder holds one row per
 removed video or clip (stage, reason, detail).
 
 {_md(fun)}
