@@ -12,7 +12,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 # stage commands (medgen-stage, papermill, dvc) come from the project environment
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup data repro test test-fast lab export readme clean-scratch profile-paper
+.PHONY: setup data repro test test-fast lab export readme docs clean-scratch
 
 setup: $(STAMP) data
 
@@ -70,9 +70,10 @@ lab: setup
 export: $(STAMP)
 	$(BIN)/nbdev-export
 
-# Switch every stage between the embedded default and the paper-scale values.
-profile-paper: $(STAMP)
-	$(BIN)/medgen-profile params/paper.yaml
+# The executed stage reports as web pages (reports/html/, not committed). The paper scale is a parameter, not a target:
+#   dvc exp run -S common.profile=paper
+docs: $(STAMP)
+	$(BIN)/medgen-docs
 
 clean-scratch:
 	rm -rf scratch

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 # %% auto #0
-__all__ = ['contact_sheet']
+__all__ = ['contact_sheet', 'report_images']
 
 # %% ../nbs/02_viz.ipynb #e152afcd
 def contact_sheet(images: Sequence[np.ndarray], captions: Sequence[str], groups: Sequence[str] | None = None,
@@ -39,3 +39,13 @@ def contact_sheet(images: Sequence[np.ndarray], captions: Sequence[str], groups:
     if title: fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return fig
+
+# %% ../nbs/02_viz.ipynb #e18bcb5c
+def report_images(nb_path: str | Path, # an executed notebook (e.g. `reports/segment.ipynb`)
+                 ) -> list[np.ndarray]:
+    "Every PNG the notebook's cells displayed, in order, as RGB(A) arrays."
+    import base64, io, json
+    nb = json.loads(Path(nb_path).read_text())
+    pngs = [o["data"]["image/png"] for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])
+            if "image/png" in o.get("data", {})]
+    return [plt.imread(io.BytesIO(base64.b64decode("".join(p) if isinstance(p, list) else p)), format="png") for p in pngs]

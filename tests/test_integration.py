@@ -1,9 +1,11 @@
 """Integration: copy the repository to a temporary folder and run a real `dvc repro` there, on a small subset of the real
-corpus plus bad files: ingest first (then a second repro does nothing and a forced rerun gives the same bytes), then the
-curation chain select -> clip -> segment -> caption."""
-import os, shutil, subprocess, sys
+corpus plus bad files: ingest first (a second repro does nothing, a forced rerun gives the same bytes and the same
+reports), then select -> domain_clip -> segment -> caption -> the border filter. The student's path is checked in the same
+copy: a pipeline notebook run by hand writes to scratch/ and leaves DVC's outputs alone, in a kernel and in a real browser."""
+import json, os, shutil, subprocess, sys
 from pathlib import Path
 
+import nbformat
 import pandas as pd
 import pytest
 import yaml
@@ -15,25 +17,27 @@ pytestmark = pytest.mark.integration
 GOOD_IDS = ("us_viral_whitelung_h1n1", "us_normal_convex_pat2_133824", "us_covid_blines_volpicelli_v2", "us_bact_pneumonia_airbronchogram",
             "us_viral_subpleural_h1n1", "us_normal_convex_182106", "neg_asl_eat", "neg_asl_help", "neg_asl_thanks", "neg_classroom",
             "neg_people_detection")
-SKIP = {".git", ".venv", "artifacts", "reports", "data", "scratch", "dvc_plots", ".pytest_cache", "__pycache__", "cache", "tmp"}
+SKIP = {".git", ".venv", "artifacts", "reports", "data", "data.dvc", "scratch", "dvc_plots", ".pytest_cache", "__pycache__", "cache", "tmp"}
 
 
-def _run(cmd, cwd):
+def _run(cmd, cwd, timeout=1500):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
     env.pop("MPLBACKEND", None)  # the stage notebooks draw inline
-    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
+    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert r.returncode == 0, f"{cmd} failed:\n{r.stdout[-5000:]}\n{r.stderr[-5000:]}"
     return r.stdout + r.stderr
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, corpus):
+    "A copy of the project whose `data/` is a subset of the corpus plus bad files; the filters' defect set uses its sources."
     dest = tmp_path_factory.mktemp("repo") / "medgen"
     shutil.copytree(ROOT, dest, ignore=lambda d, names: [n for n in names if n in SKIP and not (Path(d) == ROOT / "nbs")])
     _run(["git", "init", "-q"], dest)
-    make_bad_corpus(dest / "subset", corpus, good_ids=GOOD_IDS)
-    params = yaml.safe_load((dest / "params.yaml").read_text())
-    params["common"]["corpus_dir"] = "subset"
+    make_bad_corpus(dest / "data", corpus, good_ids=GOOD_IDS)
+    params = yaml.safe_load((dest / "params.yaml").read_text())  # a knob edit in the copy: the defect set's sources
+    params["defects"].update(sources=["us_normal_convex_182106", "us_covid_blines_volpicelli_v2", "neg_classroom", "neg_asl_eat", "neg_asl_help"],
+                             face_donor="neg_asl_eat", natural_faces=["neg_asl_help"])
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return dest
 
@@ -42,23 +46,35 @@ def test_dvc_repro_ingest(repo):
     _run(["dvc", "repro", "ingest"], repo)
     out = repo / "artifacts" / "ingest"
     videos, rejected = pd.read_parquet(out / "videos.parquet"), pd.read_parquet(out / "rejections.parquet")
-    assert sorted(videos.clip_id) == sorted(GOOD_IDS)
-    assert dict(zip(rejected.clip_id, rejected.reason)) == EXPECTED_BAD
+    assert sorted(videos.video_id) == sorted(GOOD_IDS)
+    assert dict(zip(rejected.video_id, rejected.reason)) == EXPECTED_BAD and rejected.clip_id.isna().all()
     assert {"license", "source", "frames", "fps", "duration_s", "codec", "container"} <= set(videos.columns)
-    metrics = yaml.safe_load((out / "metrics.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["videos"] == 11 and metrics["rejected"] == 5 and metrics["by_domain"] == {"medical": 6, "non_medical": 5}
-    assert metrics["sha256"]["videos.parquet"] == sha256_file(out / "videos.parquet")
-    html = (repo / "reports" / "ingest.html").read_text()
-    assert "image/png" in html and "bad_truncated" in html  # the contact sheet and the rejection table are in the report
+    assert metrics["sha256"]["videos.parquet"] == sha256_file(out / "videos.parquet") and metrics["stage_seconds"] > 0
+    report = (repo / "reports" / "ingest.ipynb").read_text()
+    assert "image/png" in report and "bad_truncated" in report  # the contact sheet and the rejection table are in the report
 
     # a second repro does nothing
     assert "didn't change, skipping" in _run(["dvc", "repro", "ingest"], repo)
     assert "up to date" in _run(["dvc", "status", "ingest"], repo)
 
-    # a forced rerun gives the same bytes
-    before = {n: sha256_file(out / n) for n in ["videos.parquet", "rejections.parquet", "durations.csv"]}
+    # a forced rerun gives the same bytes, the executed report included (its progress bars and log times went to the log)
+    names = ["videos.parquet", "rejections.parquet", "durations.csv"]
+    before = {n: sha256_file(out / n) for n in names} | {"report": sha256_file(repo / "reports" / "ingest.ipynb")}
     _run(["dvc", "repro", "--force", "ingest"], repo)
-    assert before == {n: sha256_file(out / n) for n in before}
+    assert before == {n: sha256_file(out / n) for n in names} | {"report": sha256_file(repo / "reports" / "ingest.ipynb")}
+
+
+def test_reports_are_lean(repo):
+    "No stderr, progress widgets or timing metadata in an executed report; no HTML beside it (`make docs` renders it)."
+    nb = nbformat.read(repo / "reports" / "ingest.ipynb", as_version=4)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert outputs and not [o for o in outputs if o.output_type == "stream" and o.name == "stderr"]
+    assert not [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert "duration" not in nb.metadata.get("papermill", {}) and not list((repo / "reports").glob("*.html"))
+    _run(["medgen-docs"], repo)
+    assert "image/png" in (repo / "reports" / "html" / "ingest.html").read_text()
 
 
 def test_dvc_dag_and_plots(repo):
@@ -69,24 +85,77 @@ def test_dvc_dag_and_plots(repo):
 
 
 def test_dvc_repro_curation_chain(repo):
-    "select -> clip -> segment -> caption on the subset: non-medical videos leave with reasons, clips obey the rule, every clip gets a caption."
-    _run(["dvc", "repro", "caption"], repo)
+    "select -> domain_clip -> segment -> caption -> border filter: non-medical videos leave with reasons, clips obey the rule and carry their file."
+    _run(["dvc", "repro", "filter@border"], repo)
     art = repo / "artifacts"
     selected = pd.read_parquet(art / "select" / "videos.parquet")
-    assert sorted(selected.clip_id) == sorted(g for g in GOOD_IDS if g.startswith("us_"))
+    assert sorted(selected.video_id) == sorted(g for g in GOOD_IDS if g.startswith("us_"))
     clips = pd.read_parquet(art / "segment" / "clips.parquet")
-    params = yaml.safe_load((repo / "params.yaml").read_text())["segment"]
-    assert len(clips) >= 1 and (clips.end_s - clips.start_s >= params["min_seconds"]).all()
-    assert set(clips.video_id) <= set(selected.clip_id) and (clips.license.str.len() > 0).all()
+    min_seconds = yaml.safe_load((repo / "params.yaml").read_text())["segment"]["min_seconds"]
+    assert len(clips) >= 1 and (clips.end_s - clips.start_s >= min_seconds).all()
+    assert set(clips.video_id) <= set(selected.video_id) and (clips.license.str.len() > 0).all()
     for f in clips.file:
         assert (art / "segment" / "clips" / f).stat().st_size > 1000
     captions = pd.read_parquet(art / "caption" / "captions.parquet")
     assert sorted(captions.clip_id) == sorted(clips.clip_id)
     assert (captions.caption_backend == "grounded").all() and (captions.detailed_caption.str.split().str.len() > 20).all()
+    # each clip carries what later stages need: its file, its source video, its licence
+    border = pd.read_parquet(art / "filter_border" / "clips.parquet")
+    assert {"file", "video_id", "license"} <= set(border.columns)
     # one rejection table, carried forward: ingest's bad files, select's non-medical videos, segment's too-short video
-    rejected = pd.read_parquet(art / "caption" / "rejections.parquet")
-    by_id = dict(zip(rejected.clip_id, rejected.stage))
-    assert {k: by_id[k] for k in EXPECTED_BAD} == {k: "ingest" for k in EXPECTED_BAD}
-    assert all(by_id[g] == "select" for g in GOOD_IDS if g.startswith("neg_"))
-    assert by_id["us_viral_whitelung_h1n1"] == "segment"  # 4.9 s: shorter than the 6 s rule
-    assert "up to date" in _run(["dvc", "status", "caption"], repo)
+    rejected = pd.read_parquet(art / "filter_border" / "rejections.parquet")
+    videos_own = rejected[rejected.clip_id.isna()].set_index("video_id").stage
+    assert {k: videos_own[k] for k in EXPECTED_BAD} == {k: "ingest" for k in EXPECTED_BAD}
+    assert all(videos_own[g] == "select" for g in GOOD_IDS if g.startswith("neg_"))
+    assert videos_own["us_viral_whitelung_h1n1"] == "segment"  # 4.9 s: shorter than the 6 s rule
+    clip_rows = rejected[rejected.clip_id.notna()]
+    assert set(clip_rows.stage) <= {"caption", "filter_border"} and clip_rows.reason.str.match(r"^[a-z_]+$").all()
+    assert "up to date" in _run(["dvc", "status", "filter@border"], repo)
+
+
+def test_profile_switch_is_visible_to_dvc(repo):
+    "Switching common.profile makes every stage stale (params and the profile file), and the runner merges params/paper.yaml."
+    params_file = repo / "params.yaml"
+    original = params_file.read_text()
+    try:
+        params_file.write_text(original.replace("profile: embedded", "profile: paper", 1))
+        status = _run(["dvc", "status", "ingest", "select"], repo)
+        assert "params/paper.yaml" in status and "common.profile" in status
+        out = _run([sys.executable, "-c", "from medgen.stages import load_stage; print(load_stage('ingest')['thumb_side'])"], repo)
+        assert out.strip().splitlines()[-1] == "256"
+    finally:
+        params_file.write_text(original)
+    assert "up to date" in _run(["dvc", "status", "ingest"], repo)
+
+
+def _dvc_state(repo):
+    return _run(["dvc", "status", "--json"], repo), {p: sha256_file(p) for p in sorted((repo / "artifacts").rglob("*")) if p.is_file()}
+
+
+def test_student_runs_a_stage_notebook_by_hand(repo):
+    "The select notebook, run top to bottom from its own folder as JupyterLab does, with params.yaml's values: outputs in scratch/, DVC untouched."
+    before = _dvc_state(repo)
+    executed = repo / "scratch" / "by_hand_select.ipynb"
+    executed.parent.mkdir(exist_ok=True)
+    _run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute", "--output", str(executed),
+          "select.ipynb"], repo / "nbs" / "pipeline")
+    assert sorted(pd.read_parquet(repo / "scratch" / "select" / "videos.parquet").video_id) == \
+        sorted(pd.read_parquet(repo / "artifacts" / "select" / "videos.parquet").video_id)
+    assert before == _dvc_state(repo)
+
+
+@pytest.mark.browser
+def test_student_path_in_a_browser(repo):
+    "JupyterLab on loopback, headless Chromium: the index map and the border filter notebook run all cells and show a figure and a table."
+    from jupyter_browser import jupyter_lab, run_notebook_in_browser
+    before = _dvc_state(repo)
+    sources = {p: p.read_bytes() for p in [repo / "nbs" / "index.ipynb", repo / "nbs" / "pipeline" / "filter.ipynb"]}
+    with jupyter_lab(repo, Path(sys.executable)) as url:
+        index = run_notebook_in_browser(url, "nbs/index.ipynb", timeout_s=300)
+        assert not index.error and index.images >= 1
+        border = run_notebook_in_browser(url, "nbs/pipeline/filter.ipynb", timeout_s=600,
+                                         screenshot=repo.parent / "filter_border_in_browser.png")
+    assert not border.error, border.texts[-5:]
+    assert border.images >= 2 and border.tables >= 1  # the audit sheet, the defect flag rates; the scores table
+    assert (repo / "scratch" / "filter_border" / "clips.parquet").exists()
+    assert before == _dvc_state(repo) and all(p.read_bytes() == b for p, b in sources.items())

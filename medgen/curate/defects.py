@@ -18,10 +18,10 @@ from ..core import get_logger, project_root
 from ..video import read_frames, write_video
 
 # %% auto #0
-__all__ = ['SIDES', 'BORDER_SIDES', 'FONT', 'DEFECTS', 'FILTERS', 'load_sources', 'add_border', 'side_extent', 'border_visible',
-           'draw_text', 'subtitle_lines', 'add_subtitles', 'add_watermark', 'blur', 'add_noise', 'jpeg', 'h264',
-           'darken', 'jitter', 'make_static', 'make_jumpy', 'face_crop_box', 'add_face', 'expected_decisions',
-           'source_is_static', 'DefectSet', 'inject', 'build_defect_set']
+__all__ = ['SIDES', 'BORDER_SIDES', 'FONT', 'DEFECTS', 'load_sources', 'add_border', 'side_extent', 'border_visible', 'draw_text',
+           'subtitle_lines', 'add_subtitles', 'add_watermark', 'blur', 'add_noise', 'jpeg', 'h264', 'darken', 'jitter',
+           'make_static', 'make_jumpy', 'face_crop_box', 'add_face', 'expected_decisions', 'source_is_static',
+           'DefectSet', 'inject', 'build_defect_set']
 
 # %% ../../nbs/20_defects.ipynb #6a4d8eba
 def load_sources(corpus_dir: str | Path, video_ids, fps: float = 8.0, duration_s: float = 4.0, max_side: int = 256,
@@ -213,7 +213,6 @@ DEFECTS = {
     "darken": [0.40, 0.25, 0.12], "jitter": [3, 6, 12],
     "static": [1.5, 0.0], "jumpy": [1, 2, 3], "face": [0.15, 0.22, 0.30],
 }
-FILTERS = ("border", "ocr", "aesthetic", "technical", "joint", "dynamics", "privacy")
 _T, _F, _N = True, False, None
 #                 border ocr aesthetic technical dynamics privacy
 _EXPECT = {
@@ -312,6 +311,6 @@ def build_defect_set(clips: dict[str, np.ndarray], seed: int = 0, fps: float = 8
         out = inject(clips[cid], d, lv, fps, _rng(seed, cid, d, lv), others=others, donor=donor, face_box=box)
         add(f"{cid}__{d}_{lv}", out, cid, d, lv, float(DEFECTS[d][lv - 1]))
     labels = pd.DataFrame(rows)
-    for col in [f"expect_{f}" for f in FILTERS] + ["border_visible"]: labels[col] = labels[col].astype("boolean")
+    for col in [f"expect_{f}" for f in expected_decisions("clean")] + ["border_visible"]: labels[col] = labels[col].astype("boolean")
     get_logger("medgen.curate.defects").info("defect set: %d clips from %d sources, %d defects", len(labels), len(ids), len(defects))
     return DefectSet(frames=frames, labels=labels.sort_values("clip", kind="stable").reset_index(drop=True), fps=fps)
