@@ -50,6 +50,7 @@ browser:
 				echo "make browser: apt-get could not install chromium (see above)" >&2; exit 1; \
 			fi; \
 			rm -f "$$log"; \
+			test -x /usr/bin/chromium || { echo "make browser: apt-get ran but /usr/bin/chromium is still missing" >&2; exit 1; }; \
 		else \
 			echo "make browser: /usr/bin/chromium is missing and apt-get cannot run here (it needs root on Debian)." >&2; \
 			echo "  Install it yourself: sudo apt-get update && sudo apt-get install -y chromium" >&2; \

@@ -15,7 +15,8 @@ from .core import deep_merge, get_logger, load_params, project_root
 
 # %% auto #0
 __all__ = ['profiled_params', 'params_section', 'stage_values', 'stage_parser', 'parse_stage_command', 'dvc_stage_commands',
-           'load_stage', 'chain_stages', 'strip_volatile', 'run_stage', 'medgen_stage', 'render_reports', 'medgen_docs']
+           'load_stage', 'chain_stages', 'strip_volatile', 'shrink_images', 'run_stage', 'medgen_stage',
+           'render_reports', 'medgen_docs']
 
 # %% ../nbs/03_stages.ipynb #497e0ccf
 def profiled_params(root: str | Path | None = None, # project root (default: found from the working directory)
@@ -136,6 +137,26 @@ def strip_volatile(nb: nbformat.NotebookNode, # an executed notebook
                             and _WIDGET not in o.get("data", {})]
     return nb
 
+# %% ../nbs/03_stages.ipynb #a42882b5
+def shrink_images(nb: nbformat.NotebookNode, # an executed notebook
+                  max_kb: int = 150, # PNG outputs larger than this are re-encoded
+                  max_side: int = 1200, # ... scaled to at most this many pixels on the long side
+                  quality: int = 85, # ... as JPEG of this quality
+                 ) -> nbformat.NotebookNode:
+    "Re-encode large PNG outputs as smaller JPEGs, in place (same input, same bytes); returns `nb`."
+    import base64, io
+    from PIL import Image
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            png = out.get("data", {}).get("image/png")
+            if png is None or len(png) * 3 // 4 <= max_kb * 1024: continue
+            img = Image.open(io.BytesIO(base64.b64decode(png))).convert("RGB")
+            img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+            buf = io.BytesIO(); img.save(buf, format="JPEG", quality=quality, optimize=True)
+            del out.data["image/png"]; out.data["image/jpeg"] = base64.b64encode(buf.getvalue()).decode()
+            out.get("metadata", {}).pop("image/png", None)
+    return nb
+
 # %% ../nbs/03_stages.ipynb #3991c854
 def run_stage(cmd: str | list[str], # the stage command as `dvc.yaml` writes it (or its argv)
               root: str | Path | None = None, # project root
@@ -159,7 +180,7 @@ def run_stage(cmd: str | list[str], # the stage command as `dvc.yaml` writes it 
         pm.execute_notebook(str(nb_in), str(nb_out), parameters=values, kernel_name="python3", cwd=str(root),
                             progress_bar=False, log_output=True, report_mode=False)
     finally:
-        if nb_out.exists(): nbformat.write(strip_volatile(nbformat.read(str(nb_out), as_version=4)), str(nb_out))
+        if nb_out.exists(): nbformat.write(shrink_images(strip_volatile(nbformat.read(str(nb_out), as_version=4))), str(nb_out))
     seconds = round(time.perf_counter() - t0, 1)
     metrics = root / out_dir / "metrics.json"
     if metrics.exists():  # the stage's wall time beside its results (the only value in metrics that changes run to run)

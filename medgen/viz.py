@@ -43,9 +43,9 @@ def contact_sheet(images: Sequence[np.ndarray], captions: Sequence[str], groups:
 # %% ../nbs/02_viz.ipynb #e18bcb5c
 def report_images(nb_path: str | Path, # an executed notebook (e.g. `reports/segment.ipynb`)
                  ) -> list[np.ndarray]:
-    "Every PNG the notebook's cells displayed, in order, as RGB(A) arrays."
+    "Every PNG or JPEG the notebook's cells displayed, in order, as arrays."
     import base64, io, json
     nb = json.loads(Path(nb_path).read_text())
-    pngs = [o["data"]["image/png"] for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])
-            if "image/png" in o.get("data", {})]
-    return [plt.imread(io.BytesIO(base64.b64decode("".join(p) if isinstance(p, list) else p)), format="png") for p in pngs]
+    found = [(fmt, o["data"][f"image/{fmt}"]) for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])
+             for fmt in ("png", "jpeg") if f"image/{fmt}" in o.get("data", {})]
+    return [plt.imread(io.BytesIO(base64.b64decode("".join(b) if isinstance(b, list) else b)), format=fmt) for fmt, b in found]
