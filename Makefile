@@ -63,7 +63,7 @@ test: setup browser
 
 # Unit tests only (no dvc repro integration run).
 test-fast: setup
-	$(BIN)/python -m pytest -m "not integration"
+	$(BIN)/python -m pytest -m "not integration and not browser"
 
 lab: setup
 	$(BIN)/jupyter lab --allow-root --no-browser --ip=127.0.0.1 --port=8888 --IdentityProvider.token='' --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/nbs/index.ipynb
