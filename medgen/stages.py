@@ -126,11 +126,12 @@ _WIDGET = "application/vnd.jupyter.widget-view+json"
 
 def strip_volatile(nb: nbformat.NotebookNode, # an executed notebook
                   ) -> nbformat.NotebookNode:
-    "Remove timing metadata, widget state, stderr streams and progress widgets, in place; returns `nb`."
+    "Remove timing metadata, widget state, stderr streams and progress widgets, and fix papermill's random cell id, in place."
     for k in _VOLATILE: nb.metadata.get("papermill", {}).pop(k, None)
     nb.metadata.pop("widgets", None)
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
+        if "injected-parameters" in cell.metadata.get("tags", []): cell.id = "injected-parameters"  # papermill draws a new one each run
         for k in _VOLATILE: cell.metadata.get("papermill", {}).pop(k, None)
         if cell.cell_type == "code":
             cell.outputs = [o for o in cell.outputs if not (o.output_type == "stream" and o.name == "stderr")

@@ -53,7 +53,7 @@ def test_dvc_repro_ingest(repo):
     assert metrics["videos"] == 11 and metrics["rejected"] == 5 and metrics["by_domain"] == {"medical": 6, "non_medical": 5}
     assert metrics["sha256"]["videos.parquet"] == sha256_file(out / "videos.parquet") and metrics["stage_seconds"] > 0
     report = (repo / "reports" / "ingest.ipynb").read_text()
-    assert "image/png" in report and "bad_truncated" in report  # the contact sheet and the rejection table are in the report
+    assert "image/jpeg" in report and "bad_truncated" in report  # the contact sheet (large: stored as JPEG) and the rejection table are in the report
 
     # a second repro does nothing
     assert "didn't change, skipping" in _run(["dvc", "repro", "ingest"], repo)
@@ -74,7 +74,7 @@ def test_reports_are_lean(repo):
     assert not [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
     assert "duration" not in nb.metadata.get("papermill", {}) and not list((repo / "reports").glob("*.html"))
     _run(["medgen-docs"], repo)
-    assert "image/png" in (repo / "reports" / "html" / "ingest.html").read_text()
+    assert "data:image/jpeg;base64" in (repo / "reports" / "html" / "ingest.html").read_text()
 
 
 def test_dvc_dag_and_plots(repo):
