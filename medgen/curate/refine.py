@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .caption import chat_completion, config, load_prompts, resource_path, split_sentences
+from .caption_backends import OpenAIClient, load_prompts, resource_path, split_sentences
 from ..core import get_logger
 
 # %% auto #0
@@ -70,7 +70,7 @@ class VisibilityClassifier:
 
 # %% ../../nbs/18_refine.ipynb #ab576bd0
 def _candidates(provenance: Sequence[Mapping], scope: str) -> list[bool]:
-    if scope not in ("narrative", "all"): raise ValueError(f"refine_scope must be narrative or all, not {scope!r}")
+    if scope not in ("narrative", "all"): raise ValueError(f"refine scope must be narrative or all, not {scope!r}")
     return [scope == "all" or not (p["source"].startswith("measured:") or p["source"] == "clip") for p in provenance]
 
 def refine_messages(caption: str, examples: pd.DataFrame, prompts: Mapping) -> list[dict]:
@@ -82,31 +82,32 @@ def refine_messages(caption: str, examples: pd.DataFrame, prompts: Mapping) -> l
 def _norm(s: str) -> str: return " ".join(s.lower().split()).rstrip(".")
 
 def refine_caption(caption: str | None = None, provenance: Sequence[Mapping] | None = None, backend: str = "classifier",
-                   classifier: VisibilityClassifier | None = None, cfg: Mapping | None = None, examples: pd.DataFrame | None = None,
-                   prompts: Mapping | None = None) -> dict:
-    "Refined caption: dict(refined, raw, removed=[{sentence, source, p_visible}], backend, kept_raw)."
-    c = config(cfg)
+                   classifier: VisibilityClassifier | None = None, threshold: float = 0.5, scope: str = "narrative",
+                   client: OpenAIClient | None = None, examples: pd.DataFrame | None = None, prompts: Mapping | None = None) -> dict:
+    """Refined caption: dict(refined, raw, removed=[{sentence, source, p_visible}], backend, kept_raw).
+    `backend`, `threshold`, `scope`: params `caption.refine`; `client` (backend llm): an `OpenAIClient` of params `caption.llm`."""
     if provenance is None: provenance = [dict(sentence=s, source="text") for s in split_sentences(caption or "")]
     provenance = list(provenance)
     raw = caption if caption is not None else " ".join(p["sentence"] for p in provenance)
     if backend == "none" or not provenance:
         return dict(refined=raw, raw=raw, removed=[], backend="none", kept_raw=False)
-    cand = _candidates(provenance, c.get("refine_scope", "narrative"))
+    cand = _candidates(provenance, scope)
     if backend == "classifier":
         if classifier is None: raise ValueError("backend 'classifier' needs a fitted VisibilityClassifier")
         idx = [i for i, k in enumerate(cand) if k]
         p = dict(zip(idx, classifier.predict_proba([provenance[i]["sentence"] for i in idx])))
-        keep = [not (i in p and p[i] < c.get("refine_threshold", 0.5)) for i in range(len(provenance))]
+        keep = [not (i in p and p[i] < threshold) for i in range(len(provenance))]
         removed = [dict(sentence=provenance[i]["sentence"], source=provenance[i]["source"], p_visible=round(float(p[i]), 4))
                    for i in range(len(provenance)) if not keep[i]]
         name = classifier.backend
     elif backend == "llm":
+        if client is None: raise ValueError("backend 'llm' needs an OpenAIClient")
         if examples is None: examples = load_refine_examples()
         text = " ".join(provenance[i]["sentence"] for i, k in enumerate(cand) if k)
-        answer = {_norm(s) for s in split_sentences(chat_completion(refine_messages(text, examples, prompts or load_prompts()), c))}
+        answer = {_norm(s) for s in split_sentences(client.chat(refine_messages(text, examples, prompts or load_prompts())))}
         keep = [not k or _norm(pv["sentence"]) in answer for pv, k in zip(provenance, cand)]
         removed = [dict(sentence=pv["sentence"], source=pv["source"], p_visible=None) for pv, k in zip(provenance, keep) if not k]
-        name = f"llm:{c['llm_model']}"
+        name = f"llm:{client.model}"
     else: raise ValueError(f"unknown refine backend {backend!r}; choose one of {REFINE_BACKENDS}")
     refined = " ".join(pv["sentence"] for pv, k in zip(provenance, keep) if k)
     if not refined.strip():
