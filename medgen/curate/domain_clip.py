@@ -56,7 +56,7 @@ def video_info(row: Mapping) -> VideoInfo | None:
     return VideoInfo(**{n: row[n] for n in names})
 
 def sample_frames(videos: pd.DataFrame, corpus_dir: str | Path, fps: float = 1.0, max_side: int | None = 160,
-                  stage: str = "clip", progress: bool = True) -> tuple[dict, list[dict]]:
+                  stage: str = "domain_clip", progress: bool = True) -> tuple[dict, list[dict]]:
     "`{video_id: (frames (T,H,W,3) uint8, times_s)}` at `fps` for every row of `videos`, and rejection rows for failures."
     log, out, errors = get_logger("medgen.curate.domain_clip"), {}, []
     rows = videos.reset_index(drop=True).sort_values("video_id", kind="stable").to_dict("records")
@@ -205,7 +205,7 @@ def load_domain_clip(path_or_name: str | Path, device: str = "cpu", pretrained: 
     "`(model, preprocess, tokenizer)` from a saved folder, or an open_clip model name (+ `pretrained` tag), in eval mode."
     p = Path(path_or_name)
     if p.is_dir():
-        if not (p / CONFIG_FILE).is_file(): raise FileNotFoundError(f"{p} holds no {CONFIG_FILE}: not a saved domain CLIP (run `dvc repro clip`)")
+        if not (p / CONFIG_FILE).is_file(): raise FileNotFoundError(f"{p} holds no {CONFIG_FILE}: not a saved domain CLIP (run `dvc repro domain_clip`)")
         if not (p / WEIGHTS_FILE).is_file(): raise FileNotFoundError(f"{p} holds no {WEIGHTS_FILE}: refusing to return an untrained model")
         ident = f"local-dir:{p}"
         model, _, preprocess = open_clip.create_model_and_transforms(ident, device=device, output_dict=True)
