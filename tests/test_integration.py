@@ -96,6 +96,14 @@ def test_dvc_repro_curation_chain(repo):
     assert set(clips.video_id) <= set(selected.video_id) and (clips.license.str.len() > 0).all()
     for f in clips.file:
         assert (art / "segment" / "clips" / f).stat().st_size > 1000
+    # MedGen's rule on the frames table: every 1-fps frame inside a clip is medical and similar enough to the one before
+    seg = yaml.safe_load((repo / "params.yaml").read_text())["segment"]
+    frames = pd.read_parquet(art / "segment" / "frames.parquet")
+    for c in clips.itertuples():
+        inside = frames[(frames.video_id == c.video_id) & (frames.t_s >= c.start_s - 1e-6) & (frames.t_s <= c.end_s + 1e-6)]
+        assert (inside.medical_prob >= seg["threshold"]).all() and (inside.similarity_to_prev.iloc[1:] > seg["tau"]).all(), c.clip_id
+    seg_rows = pd.read_parquet(art / "segment" / "rejections.parquet").query("stage == 'segment'")
+    assert set(selected.video_id) == set(clips.video_id) | set(seg_rows.video_id)  # every selected video: clips or a reason
     captions = pd.read_parquet(art / "caption" / "captions.parquet")
     assert sorted(captions.clip_id) == sorted(clips.clip_id)
     assert (captions.caption_backend == "grounded").all() and (captions.detailed_caption.str.split().str.len() > 20).all()
