@@ -12,7 +12,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 # stage commands (medgen-stage, papermill, dvc) come from the project environment
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup data repro test test-fast lab export readme docs clean-scratch
+.PHONY: setup data repro test test-fast lab export readme docs profile clean-scratch
 
 setup: $(STAMP) data
 
@@ -71,8 +71,13 @@ lab: setup
 export: $(STAMP)
 	$(BIN)/nbdev-export
 
-# The executed stage reports as web pages (reports/html/, not committed). The paper scale is a parameter, not a target:
-#   dvc exp run -S common.profile=paper
+# Switch the parameter profile: `make profile PROFILE=paper`, then `make repro` reruns what it changes.
+# It edits the one value common.profile in params.yaml (nothing else in the file changes).
+PROFILE ?= embedded
+profile: $(STAMP)
+	$(BIN)/medgen-profile $(PROFILE)
+
+# The executed stage reports as web pages (reports/html/, not committed).
 docs: $(STAMP)
 	$(BIN)/medgen-docs
 

@@ -14,9 +14,9 @@ import nbformat
 from .core import deep_merge, get_logger, load_params, project_root
 
 # %% auto #0
-__all__ = ['profiled_params', 'params_section', 'stage_values', 'stage_parser', 'parse_stage_command', 'dvc_stage_commands',
-           'load_stage', 'chain_stages', 'strip_volatile', 'shrink_images', 'run_stage', 'medgen_stage',
-           'render_reports', 'medgen_docs']
+__all__ = ['profiled_params', 'set_profile', 'medgen_profile', 'params_section', 'stage_values', 'stage_parser',
+           'parse_stage_command', 'dvc_stage_commands', 'load_stage', 'chain_stages', 'strip_volatile', 'shrink_images',
+           'run_stage', 'medgen_stage', 'render_reports', 'medgen_docs']
 
 # %% ../nbs/03_stages.ipynb #497e0ccf
 def profiled_params(root: str | Path | None = None, # project root (default: found from the working directory)
@@ -30,6 +30,31 @@ def profiled_params(root: str | Path | None = None, # project root (default: fou
         raise FileNotFoundError(f"common.profile is {profile!r} but {path} does not exist; profiles: "
                                 f"{sorted(p.stem for p in (root / 'params').glob('*.yaml'))}")
     return deep_merge(params, load_params(path))
+
+# %% ../nbs/03_stages.ipynb #ea684eee
+def set_profile(profile: str, # the profile to switch to: a file params/PROFILE.yaml must exist
+                root: str | Path | None = None, # project root
+               ) -> Path:
+    "Set `common.profile` in `params.yaml` by editing that one value in place; returns the params file."
+    import re
+    root = Path(root) if root else project_root()
+    if not (root / "params" / f"{profile}.yaml").exists():
+        raise FileNotFoundError(f"no profile {profile!r}: params/{profile}.yaml does not exist; profiles: "
+                                f"{sorted(p.stem for p in (root / 'params').glob('*.yaml'))}")
+    path = root / "params.yaml"
+    text = path.read_text()
+    pattern = re.compile(r"^(common:[^\n]*\n(?:(?:[ \t]+[^\n]*|[ \t]*)\n)*?[ \t]+profile:[ \t]*)(\S+)", re.M)
+    new, n = pattern.subn(lambda m: m.group(1) + profile, text, count=1)
+    if n != 1: raise ValueError(f"{path} has no `profile:` key under `common:`")
+    path.write_text(new)
+    return path
+
+def medgen_profile(argv: list[str] | None = None):
+    "Switch the parameter profile (`common.profile` in params.yaml); then `dvc repro` reruns what it changes."
+    ap = argparse.ArgumentParser("medgen-profile", description=medgen_profile.__doc__)
+    ap.add_argument("profile", help="embedded | paper | any params/NAME.yaml")
+    path = set_profile(ap.parse_args(argv).profile)
+    get_logger("medgen.stages").info("%s: common.profile is now %s; run `dvc repro`", path, profiled_params()["common"]["profile"])
 
 # %% ../nbs/03_stages.ipynb #3d05fa35
 def params_section(params: dict, # the whole (profiled) params

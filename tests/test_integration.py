@@ -8,6 +8,7 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 import pytest
+import ruamel.yaml
 import yaml
 
 from conftest import EXPECTED_BAD, ROOT, make_bad_corpus
@@ -35,10 +36,12 @@ def repo(tmp_path_factory, corpus):
     shutil.copytree(ROOT, dest, ignore=lambda d, names: [n for n in names if n in SKIP and not (Path(d) == ROOT / "nbs")])
     _run(["git", "init", "-q"], dest)
     make_bad_corpus(dest / "data", corpus, good_ids=GOOD_IDS)
-    params = yaml.safe_load((dest / "params.yaml").read_text())  # a knob edit in the copy: the defect set's sources
+    rt = ruamel.yaml.YAML()  # a knob edit in the copy (the defect set's sources), comments kept as DVC keeps them
+    with open(dest / "params.yaml") as f: params = rt.load(f)
     params["defects"].update(sources=["us_normal_convex_182106", "us_covid_blines_volpicelli_v2", "neg_classroom", "neg_asl_eat", "neg_asl_help"],
                              face_donor="neg_asl_eat", natural_faces=["neg_asl_help"])
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    with open(dest / "params.yaml", "w") as f: rt.dump(params, f)
+    assert "# every stage's random seed" in (dest / "params.yaml").read_text()
     return dest
 
 
@@ -134,6 +137,23 @@ def test_profile_switch_is_visible_to_dvc(repo):
     finally:
         params_file.write_text(original)
     assert "up to date" in _run(["dvc", "status", "ingest"], repo)
+
+
+def test_profile_switch_edits_one_value_and_reruns(repo):
+    "`medgen-profile paper` changes common.profile and nothing else in params.yaml; `dvc repro` reruns the stage at paper scale."
+    params_file = repo / "params.yaml"
+    original = params_file.read_text()
+    try:
+        _run(["medgen-profile", "paper"], repo)
+        assert params_file.read_text() == original.replace("profile: embedded", "profile: paper", 1)
+        assert "Running stage 'ingest'" in _run(["dvc", "repro", "ingest"], repo)
+        assert '"thumb_side": 256' in (repo / "reports" / "ingest.ipynb").read_text()  # papermill's record of the values it ran with
+    finally:
+        _run(["medgen-profile", "embedded"], repo)
+    assert params_file.read_text() == original
+    _run(["dvc", "repro", "ingest"], repo)
+    assert '"thumb_side": 160' in (repo / "reports" / "ingest.ipynb").read_text()
+    assert "up to date" in _run(["dvc", "status", "ingest", "select"], repo)
 
 
 def _dvc_state(repo):
