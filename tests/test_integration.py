@@ -124,28 +124,18 @@ def test_dvc_repro_curation_chain(repo):
     assert "up to date" in _run(["dvc", "status", "filter@border"], repo)
 
 
-def test_profile_switch_is_visible_to_dvc(repo):
-    "Switching common.profile makes every stage stale (params and the profile file), and the runner merges params/paper.yaml."
-    params_file = repo / "params.yaml"
-    original = params_file.read_text()
-    try:
-        params_file.write_text(original.replace("profile: embedded", "profile: paper", 1))
-        status = _run(["dvc", "status", "ingest", "select"], repo)
-        assert "params/paper.yaml" in status and "common.profile" in status
-        out = _run([sys.executable, "-c", "from medgen.stages import load_stage; print(load_stage('ingest')['thumb_side'])"], repo)
-        assert out.strip().splitlines()[-1] == "256"
-    finally:
-        params_file.write_text(original)
-    assert "up to date" in _run(["dvc", "status", "ingest"], repo)
-
-
 def test_profile_switch_edits_one_value_and_reruns(repo):
-    "`medgen-profile paper` changes common.profile and nothing else in params.yaml; `dvc repro` reruns the stage at paper scale."
+    """`medgen-profile paper` changes common.profile and nothing else in params.yaml; every stage is then stale (the param
+    and the profile file), the runner merges params/paper.yaml, and `dvc repro` reruns the stage at paper scale."""
     params_file = repo / "params.yaml"
     original = params_file.read_text()
     try:
         _run(["medgen-profile", "paper"], repo)
         assert params_file.read_text() == original.replace("profile: embedded", "profile: paper", 1)
+        status = _run(["dvc", "status", "ingest", "select"], repo)
+        assert "params/paper.yaml" in status and "common.profile" in status
+        out = _run([sys.executable, "-c", "from medgen.stages import load_stage; print(load_stage('ingest')['thumb_side'])"], repo)
+        assert out.strip().splitlines()[-1] == "256"
         assert "Running stage 'ingest'" in _run(["dvc", "repro", "ingest"], repo)
         assert '"thumb_side": 256' in (repo / "reports" / "ingest.ipynb").read_text()  # papermill's record of the values it ran with
     finally:
