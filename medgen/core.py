@@ -45,7 +45,7 @@ def deep_merge(base: Mapping, overlay: Mapping) -> dict:
 
 # %% ../nbs/00_core.ipynb #8991b1af
 def get_logger(name: str = "medgen", level: int = logging.INFO) -> logging.Logger:
-    "A logger writing `time level name: message` to stderr (shown in executed notebooks), configured once."
+    "A logger writing `time level name: message` to stderr (the stage's log; reports drop it), configured once."
     log = logging.getLogger(name)
     if not any(getattr(h, "_medgen", False) for h in log.handlers):
         h = logging.StreamHandler(sys.stderr)

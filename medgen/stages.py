@@ -133,9 +133,12 @@ def chain_stages(commands: dict[str, str] | None = None, # DVC stage -> command 
                 ) -> list[str]:
     "Runner names of the stages that extend the rejection table, in chain order, from the `rejections=` wiring."
     cmds = [parse_stage_command(c) for c in (dvc_stage_commands() if commands is None else commands).values()]
-    cmds = [a for a in cmds if a.name]
-    writes = {a.name: f"artifacts/{a.name}/rejections.parquet" for a in cmds}
-    reads = {a.paths["rejections"]: a.name for a in cmds if "rejections" in a.paths}
+    writes = {a.name: f"artifacts/{a.name}/rejections.parquet" for a in cmds}  # the runner's out_dir convention
+    reads = {}
+    for a in cmds:
+        if "rejections" not in a.paths: continue
+        if a.paths["rejections"] in reads: raise ValueError(f"the rejection chain forks: {reads[a.paths['rejections']]} and {a.name} both extend {a.paths['rejections']}")
+        reads[a.paths["rejections"]] = a.name
     starts = [a.name for a in cmds if "rejections" not in a.paths and writes[a.name] in reads]
     if len(starts) != 1: raise ValueError(f"the rejection chain needs exactly one first stage, found {starts}")
     order = starts
