@@ -16,7 +16,7 @@ import av
 import numpy as np
 
 # %% auto #0
-__all__ = ['VideoError', 'VideoInfo', 'probe_video', 'read_frames', 'write_video']
+__all__ = ['VideoError', 'VideoInfo', 'probe_video', 'read_views', 'read_frames', 'write_video']
 
 # %% ../nbs/01_video.ipynb #40ba46d7
 class VideoError(Exception):
@@ -102,34 +102,61 @@ def _resize(img: np.ndarray, max_side: int | None) -> np.ndarray:
     return cv2.resize(img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
 
 # %% ../nbs/01_video.ipynb #c34cb616
+def _view_targets(info: VideoInfo, view: dict) -> list[int]:
+    unknown = set(view) - {"fps", "n", "start_s", "end_s", "max_side"}
+    if unknown: raise ValueError(f"unknown view keys {sorted(unknown)}; a view takes fps | n, start_s, end_s, max_side")
+    return _targets(info.frames, info.fps, view.get("fps"), view.get("n"), view.get("start_s", 0.0), view.get("end_s"))
+
+def read_views(path: str | Path, # the video file
+               views: dict[str, dict], # name -> dict(fps= | n=, start_s=, end_s=, max_side=), as `read_frames` takes them
+               info: VideoInfo | None = None, # what `probe_video` says (from a table); None: probe, which decodes the file once more
+              ) -> dict[str, tuple[np.ndarray, np.ndarray]]: # name -> (RGB frames (T,H,W,3) uint8, times in s)
+    "Decode `path` once and cut every view from that one pass: each frame is decoded and converted once, then resized per view."
+    info = info or probe_video(path)
+    keep = {name: _view_targets(info, v) for name, v in views.items()}
+    wanted: dict[int, list[str]] = {}
+    for name, idx in keep.items():
+        for i in idx: wanted.setdefault(i, []).append(name)
+    last, got, i = max(wanted, default=-1), {name: [] for name in views}, -1
+    if last >= 0:
+        container = _open(path)
+        try:
+            for i, frame in enumerate(container.decode(container.streams.video[0])):
+                if i in wanted:
+                    rgb = frame.to_ndarray(format="rgb24")
+                    for name in wanted[i]: got[name].append(_resize(rgb, views[name].get("max_side")))
+                if i >= last: break
+        except Exception as e: raise VideoError(f"decoding failed at frame {i}: {type(e).__name__}: {e}") from e
+        finally: container.close()
+    out = {}
+    for name, idx in keep.items():
+        if len(got[name]) != len(idx): raise VideoError(f"expected {len(idx)} frames, decoded {len(got[name])}")
+        out[name] = (np.stack(got[name]) if idx else np.zeros((0, 0, 0, 3), np.uint8)), np.array(idx, dtype=float) / info.fps
+    return out
+
 def read_frames(path: str | Path, fps: float | None = None, n: int | None = None, start_s: float = 0.0,
                 end_s: float | None = None, max_side: int | None = None, info: VideoInfo | None = None):
     "RGB frames `(T,H,W,3)` uint8 and their times (s from the first frame): all, every 1/`fps` s, or `n` uniform."
-    info = info or probe_video(path)
-    keep = _targets(info.frames, info.fps, fps, n, start_s, end_s)
-    want, frames = set(keep), []
-    container = _open(path)
-    try:
-        for i, frame in enumerate(container.decode(container.streams.video[0])):
-            if i in want: frames.append(_resize(frame.to_ndarray(format="rgb24"), max_side))
-            if i >= (keep[-1] if keep else -1): break
-    except Exception as e: raise VideoError(f"decoding failed at frame {i}: {type(e).__name__}: {e}") from e
-    finally: container.close()
-    if len(frames) != len(keep): raise VideoError(f"expected {len(keep)} frames, decoded {len(frames)}")
-    times = np.array(keep, dtype=float) / info.fps
-    return (np.stack(frames) if frames else np.zeros((0, 0, 0, 3), np.uint8)), times
+    view = dict(fps=fps, n=n, start_s=start_s, end_s=end_s, max_side=max_side)
+    return read_views(path, {"frames": view}, info)["frames"]
 
 # %% ../nbs/01_video.ipynb #93947bb3
-def write_video(frames: np.ndarray, path: str | Path, fps: float, crf: int = 20) -> Path:
+def write_video(frames: np.ndarray, # RGB frames (T,H,W,3) uint8
+                path: str | Path, # an .mp4 file (folders are created)
+                fps: float, # frame rate written into the stream
+                crf: int = 20, # x264 constant rate factor (lossy mode)
+                lossless: bool = False, # RGB H.264 at qp 0 (libx264rgb): decoded frames equal `frames` bit for bit
+               ) -> Path:
     "Encode RGB frames `(T,H,W,3)` to an H.264 mp4 at `fps`, deterministically."
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0: raise ValueError(f"need (T,H,W,3) frames, got {frames.shape}")
     h, w = frames.shape[1] // 2 * 2, frames.shape[2] // 2 * 2
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), mode="w", options={"fflags": "+bitexact"}) as out:
-        s = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
-        s.options = {"crf": str(crf), "preset": "medium", "threads": "1", "flags": "+bitexact"}
+        s = out.add_stream("libx264rgb" if lossless else "libx264", rate=Fraction(fps).limit_denominator(1001))
+        s.width, s.height, s.pix_fmt = w, h, "bgr24" if lossless else "yuv420p"
+        quality = {"qp": "0", "preset": "veryfast"} if lossless else {"crf": str(crf), "preset": "medium"}
+        s.options = quality | {"threads": "1", "flags": "+bitexact"}
         s.codec_context.thread_count = 1
         for img in frames:
             for packet in s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img[:h, :w]), format="rgb24")): out.mux(packet)

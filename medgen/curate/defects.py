@@ -21,7 +21,7 @@ from ..video import read_frames, write_video
 __all__ = ['SIDES', 'BORDER_SIDES', 'FONT', 'DEFECTS', 'load_sources', 'add_border', 'side_extent', 'border_visible', 'draw_text',
            'subtitle_lines', 'add_subtitles', 'add_watermark', 'blur', 'add_noise', 'jpeg', 'h264', 'darken', 'jitter',
            'make_static', 'make_jumpy', 'face_crop_box', 'add_face', 'expected_decisions', 'source_is_static',
-           'DefectSet', 'inject', 'build_defect_set']
+           'DefectSet', 'inject', 'build_defect_set', 'write_defect_set', 'load_defect_set']
 
 # %% ../../nbs/20_defects.ipynb #6a4d8eba
 def load_sources(corpus_dir: str | Path, video_ids, fps: float = 8.0, duration_s: float = 4.0, max_side: int = 256,
@@ -251,25 +251,32 @@ def source_is_static(frames: np.ndarray, level: int = 30, min_changed: float = 0
 # %% ../../nbs/20_defects.ipynb #432c459d
 @dataclass
 class DefectSet:
-    "Injected clips `frames[name]` (RGB `(T,H,W,3)` at `fps`) and their `labels` (one row per clip)."
-    frames: dict[str, np.ndarray]
+    "Injected clips (RGB `(T,H,W,3)` at `fps`) and their `labels` (one row per clip): in memory, or written to `clips_dir`."
+    frames: dict[str, np.ndarray] | None  # clip name -> frames; None when the set lives in `clips_dir`
     labels: pd.DataFrame
     fps: float
+    clips_dir: Path | None = None  # `write_defect_set`'s folder: the labels' `file` is relative to it
     def __len__(self): return len(self.labels)
-    def __getitem__(self, name): return self.frames[name]
+    def __getitem__(self, name):
+        if self.frames is not None: return self.frames[name]
+        return read_frames(self.path(name))[0]
+    def path(self, name) -> Path:
+        "The clip's file (a written set only)."
+        if self.clips_dir is None: raise ValueError("this defect set is in memory: it has no files")
+        return self.clips_dir / self.labels.set_index("clip").loc[name, "file"]
 
 def _rng(seed: int, *keys) -> np.random.Generator:
     return np.random.default_rng([seed] + [int.from_bytes(str(k).encode()[:8].ljust(8, b"\0"), "little") for k in keys])
 
 def inject(frames: np.ndarray, defect: str, level: int, fps: float, rng: np.random.Generator,
-           others=(), donor: np.ndarray | None = None, face_box=None) -> np.ndarray:
+           others=(), donor: np.ndarray | None = None, face_box=None, sentences: list[str] | None = None) -> np.ndarray:
     "Apply `defect` at severity `level` (1-based) to one clip's frames."
     if defect not in DEFECTS: raise KeyError(f"unknown defect {defect!r}; known: {sorted(DEFECTS)}")
     levels = DEFECTS[defect]
     if not 1 <= level <= len(levels): raise ValueError(f"{defect} has levels 1..{len(levels)}, got {level}")
     p = levels[level - 1]
     if defect in BORDER_SIDES: return add_border(frames, BORDER_SIDES[defect], p, value=int(rng.integers(0, 17)))
-    if defect == "subtitle": return add_subtitles(frames, p, fps, rng)
+    if defect == "subtitle": return add_subtitles(frames, p, fps, rng, sentences=sentences)
     if defect == "watermark": return add_watermark(frames, p)
     if defect == "blur": return blur(frames, p)
     if defect == "noise": return add_noise(frames, p, rng)
@@ -287,7 +294,7 @@ def inject(frames: np.ndarray, defect: str, level: int, fps: float, rng: np.rand
 # %% ../../nbs/20_defects.ipynb #3ce10521
 def build_defect_set(clips: dict[str, np.ndarray], seed: int = 0, fps: float = 8.0, defects=None,
                      face_donor: str | None = None, natural_faces=(), modality: dict | None = None,
-                     progress: bool = True) -> DefectSet:
+                     sentences: list[str] | None = None, progress: bool = True) -> DefectSet:
     "Clean + injected versions of `clips` (id -> frames at `fps`) with one label row per clip."
     from tqdm.auto import tqdm
     defects = list(DEFECTS) if defects is None else list(defects)
@@ -308,9 +315,33 @@ def build_defect_set(clips: dict[str, np.ndarray], seed: int = 0, fps: float = 8
             if not (d == "face" and donor is None) for lv in range(1, len(DEFECTS[d]) + 1)]
     for cid, d, lv in tqdm(work, desc="inject defects", unit="clip", disable=not progress):
         others = [clips[o] for o in ids if o != cid and o not in natural_faces]
-        out = inject(clips[cid], d, lv, fps, _rng(seed, cid, d, lv), others=others, donor=donor, face_box=box)
+        out = inject(clips[cid], d, lv, fps, _rng(seed, cid, d, lv), others=others, donor=donor, face_box=box, sentences=sentences)
         add(f"{cid}__{d}_{lv}", out, cid, d, lv, float(DEFECTS[d][lv - 1]))
     labels = pd.DataFrame(rows)
     for col in [f"expect_{f}" for f in expected_decisions("clean")] + ["border_visible"]: labels[col] = labels[col].astype("boolean")
     get_logger("medgen.curate.defects").info("defect set: %d clips from %d sources, %d defects", len(labels), len(ids), len(defects))
     return DefectSet(frames=frames, labels=labels.sort_values("clip", kind="stable").reset_index(drop=True), fps=fps)
+
+# %% ../../nbs/20_defects.ipynb #5e1c0a77
+def write_defect_set(ds: DefectSet, # an in-memory set (`build_defect_set`)
+                     out_dir: str | Path, # folder for `clips/<clip>.mp4` and `labels.parquet`
+                     progress: bool = True) -> DefectSet:
+    "Write every clip losslessly (`write_video(lossless=True)`: the frames come back bit for bit) and the labels; the set on disk."
+    from tqdm.auto import tqdm
+    from medgen.core import write_table
+    out_dir = Path(out_dir); (out_dir / "clips").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for rec in tqdm(ds.labels.to_dict("records"), desc="write defect set", unit="clip", disable=not progress):
+        f = ds.frames[rec["clip"]]
+        write_video(f, out_dir / "clips" / f"{rec['clip']}.mp4", fps=ds.fps, lossless=True)
+        rows.append(dict(file=f"{rec['clip']}.mp4", n_frames=len(f), height=f.shape[1] // 2 * 2, width=f.shape[2] // 2 * 2))
+    labels = pd.concat([ds.labels.reset_index(drop=True), pd.DataFrame(rows)], axis=1).assign(fps=float(ds.fps))
+    write_table(labels, out_dir / "labels.parquet")
+    return DefectSet(frames=None, labels=labels, fps=ds.fps, clips_dir=out_dir / "clips")
+
+def load_defect_set(out_dir: str | Path) -> DefectSet:
+    "The set `write_defect_set` wrote (the `defects` stage's output), read lazily from its files."
+    out_dir = Path(out_dir)
+    if not (out_dir / "labels.parquet").exists(): raise FileNotFoundError(f"no defect set in {out_dir} (labels.parquet missing): run `dvc repro defects`")
+    labels = pd.read_parquet(out_dir / "labels.parquet")
+    return DefectSet(frames=None, labels=labels, fps=float(labels.fps.iloc[0]) if len(labels) else 8.0, clips_dir=out_dir / "clips")
