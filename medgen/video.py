@@ -155,7 +155,7 @@ def write_video(frames: np.ndarray, # RGB frames (T,H,W,3) uint8
     with av.open(str(path), mode="w", options={"fflags": "+bitexact"}) as out:
         s = out.add_stream("libx264rgb" if lossless else "libx264", rate=Fraction(fps).limit_denominator(1001))
         s.width, s.height, s.pix_fmt = w, h, "bgr24" if lossless else "yuv420p"
-        quality = {"qp": "0", "preset": "veryfast"} if lossless else {"crf": str(crf), "preset": "medium"}
+        quality = {"qp": "0", "preset": "ultrafast"} if lossless else {"crf": str(crf), "preset": "medium"}
         s.options = quality | {"threads": "1", "flags": "+bitexact"}
         s.codec_context.thread_count = 1
         for img in frames:

@@ -6,7 +6,7 @@ Docs: https://github.com/medgen-compendium/medgen/caption.html.md"""
 
 # %% ../../nbs/17_caption.ipynb #92d772e6
 from __future__ import annotations
-import json, math, re, time
+import functools, json, math, re, time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -17,12 +17,13 @@ import yaml
 from ..core import get_logger, rejection
 from .caption_backends import CaptionError, mllm_caption, one_line, resource_path, split_sentences
 from .measures import measure_visual
-from ..video import VideoError, read_frames
+from ..video import VideoError, read_frames, read_views
 
 # %% auto #0
 __all__ = ['STAGE', 'MODALITY_PHRASES', 'MODALITY_NOUNS', 'CAMERA_PHRASES', 'CAMERA_BRIEF', 'PACE_WORDS', 'LIGHT_WORDS',
            'PAPER_WORDS_PER_DETAILED_CAPTION', 'load_backgrounds', 'find_background', 'dedupe_note', 'clip_meta',
-           'visual_sentences', 'grounded_caption', 'caption_clip', 'word_count', 'word_stats', 'caption_clips']
+           'visual_sentences', 'grounded_caption', 'caption_clip', 'word_count', 'word_stats', 'caption_row',
+           'caption_clips']
 
 # %% ../../nbs/17_caption.ipynb #c482c280
 STAGE = "caption"
@@ -188,6 +189,57 @@ def word_stats(
 def _r(x, nd=5):
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(float(x), nd)
 
+def caption_row(
+    row: Mapping, # one clips-table row
+    clips_dir: str | Path, client=None, n_frames: int = 8, frame_side: int = 336, motion_fps: float = 5.0, motion_side: int = 192,
+    appearance: Mapping | None = None, brightness: Mapping | None = None, motion: Mapping | None = None, seed: int = 0,
+    modality_fn: Callable | None = None, refine_fn: Callable | None = None, backgrounds: Sequence[Mapping] = (),
+    prompts: Mapping | None = None, # as `caption_clips`
+) -> tuple[dict | None, dict | None, float]: # (caption row, None) or (None, rejection row); seconds spent
+    "The pure per-clip step of the caption stage: read the clip once, measure it, caption and refine."
+    from medgen.curate.filters import clip_info
+    log = get_logger("medgen.curate.caption")
+    cid, vid, t0 = row["clip_id"], row["video_id"], time.perf_counter()
+    path = Path(clips_dir) / row["file"]
+    try:
+        views = read_views(path, dict(caption=dict(n=int(n_frames), max_side=int(frame_side)),  # one decode for both samplings
+                                      motion=dict(fps=float(motion_fps), max_side=int(motion_side))), clip_info(row))
+        (frames, _), (mframes, mtimes) = views["caption"], views["motion"]
+        if len(frames) == 0: raise VideoError("no frames")
+    except VideoError as e:
+        log.warning("cannot read %s: %s", cid, e); return None, rejection(vid, STAGE, "unreadable", f"{row['file']}: {e}", clip_id=cid), 0.0
+    visual = measure_visual(frames, mframes, mtimes, seed, appearance, brightness, motion)
+    if modality_fn is not None: visual |= modality_fn(frames, row)
+    meta = clip_meta(row)
+    bg = find_background(meta["source"], backgrounds)
+    if bg is None: log.warning("no background for %s (source %r)", cid, meta["source"])
+    try: cap = caption_clip(frames, meta, bg["background"] if bg else None, client, visual, prompts)
+    except CaptionError as e:
+        log.warning("caption failed for %s: %s", cid, e); return None, rejection(vid, STAGE, "caption_failed", str(e), clip_id=cid), 0.0
+    ref = refine_fn(cap) if refine_fn else dict(refined=cap["detailed"], removed=[], backend="none", kept_raw=False)
+    removed = {p["sentence"] for p in ref["removed"]}
+    prov = [p | {"kept": p["sentence"] not in removed} for p in cap["provenance"]]
+    out = row | dict(  # the clip's own columns (its file, source video, licence, ...) travel on
+        clip_id=cid, video_id=vid, start_s=_r(row.get("start_s")), end_s=_r(row.get("end_s")), duration_s=_r(row.get("duration_s")),
+        detailed_caption=ref["refined"], detailed_caption_raw=cap["detailed"], brief_caption=cap["brief"],
+        detailed_words=word_count(ref["refined"]), detailed_raw_words=word_count(cap["detailed"]), brief_words=word_count(cap["brief"]),
+        caption_backend=cap["backend"], refine_backend=ref["backend"], refine_kept_raw=bool(ref.get("kept_raw", False)),
+        sentences_raw=len(prov), sentences_removed=len(ref["removed"]),
+        provenance=json.dumps(prov, ensure_ascii=False), removed_sentences=json.dumps(ref["removed"], ensure_ascii=False),
+        background_source=bg["name"] if bg else "",
+        camera_motion=visual["camera_motion"], camera_speed=_r(visual["camera_speed"]), pan_dx=_r(visual["pan_dx"]),
+        pan_dy=_r(visual["pan_dy"]), zoom_rate=_r(visual["zoom_rate"]), camera_inliers=_r(visual["camera_inliers"]),
+        motion_level=visual["motion_level"], motion_mean=_r(visual["motion_mean"]), motion_region=visual["motion_region"],
+        modality_pred=visual.get("modality_pred", ""), modality_prob=_r(visual.get("modality_prob")),
+        modality_backend=visual.get("modality_backend", ""), modality_metadata=meta["modality"],
+        modality_agrees=bool(visual.get("modality_pred", "") == meta["modality"]) if meta["modality"] else None,
+        brightness=_r(visual["brightness"]), contrast=_r(visual["contrast"]), colour_share=_r(visual["colour_share"]),
+        is_grayscale=visual["is_grayscale"], dominant_colour=visual["dominant_colour"], content_fraction=_r(visual["content_fraction"]),
+        brightness_change=visual["brightness_change"], brightness_trend=_r(visual["brightness_trend"]),
+        brightness_fluctuation=_r(visual["brightness_fluctuation"]),
+        **{k: one_line(row.get(k)) for k in ("title", "domain", "modality", "label", "license", "source", "doi")})
+    return out, None, time.perf_counter() - t0
+
 def caption_clips(
     clips: pd.DataFrame, # segment's clips table: clip_id, video_id, file, start_s, end_s, duration_s and the carried metadata
     clips_dir: str | Path, # the folder the clips' `file` is relative to
@@ -205,54 +257,22 @@ def caption_clips(
     backgrounds: Sequence[Mapping] | None = None, # source backgrounds; None: `load_backgrounds()`
     prompts: Mapping | None = None, # prompt templates for an MLLM; None: `load_prompts()`
     progress: bool = True, # show a progress bar
+    executor=None, # `medgen.executor.Executor` that maps `caption_row` over the clips (default: local)
 ) -> tuple[pd.DataFrame, list[dict]]: # captions table (one row per captioned clip), rejection rows
     "Caption every clip of a clips table."
-    from tqdm.auto import tqdm
+    from medgen.executor import Executor
     log = get_logger("medgen.curate.caption")
     backgrounds = load_backgrounds() if backgrounds is None else backgrounds
-    rows, bad, seconds = [], [], []
     name = "grounded" if client is None else client.name
-    for row in tqdm(clips.sort_values("clip_id", kind="stable").to_dict("records"), desc=f"caption ({name})", unit="clip", disable=not progress):
-        cid, vid, t0 = row["clip_id"], row["video_id"], time.perf_counter()
-        path = Path(clips_dir) / row["file"]
-        try:
-            frames, _ = read_frames(path, n=int(n_frames), max_side=int(frame_side))
-            mframes, mtimes = read_frames(path, fps=float(motion_fps), max_side=int(motion_side))
-            if len(frames) == 0: raise VideoError("no frames")
-        except VideoError as e:
-            bad.append(rejection(vid, STAGE, "unreadable", f"{row['file']}: {e}", clip_id=cid)); log.warning("cannot read %s: %s", cid, e); continue
-        visual = measure_visual(frames, mframes, mtimes, seed, appearance, brightness, motion)
-        if modality_fn is not None: visual |= modality_fn(frames, row)
-        meta = clip_meta(row)
-        bg = find_background(meta["source"], backgrounds)
-        if bg is None: log.warning("no background for %s (source %r)", cid, meta["source"])
-        try: cap = caption_clip(frames, meta, bg["background"] if bg else None, client, visual, prompts)
-        except CaptionError as e:
-            bad.append(rejection(vid, STAGE, "caption_failed", str(e), clip_id=cid)); log.warning("caption failed for %s: %s", cid, e); continue
-        ref = refine_fn(cap) if refine_fn else dict(refined=cap["detailed"], removed=[], backend="none", kept_raw=False)
-        removed = {p["sentence"] for p in ref["removed"]}
-        prov = [p | {"kept": p["sentence"] not in removed} for p in cap["provenance"]]
-        rows.append(row | dict(  # the clip's own columns (its file, source video, licence, ...) travel on
-            clip_id=cid, video_id=vid, start_s=_r(row.get("start_s")), end_s=_r(row.get("end_s")), duration_s=_r(row.get("duration_s")),
-            detailed_caption=ref["refined"], detailed_caption_raw=cap["detailed"], brief_caption=cap["brief"],
-            detailed_words=word_count(ref["refined"]), detailed_raw_words=word_count(cap["detailed"]), brief_words=word_count(cap["brief"]),
-            caption_backend=cap["backend"], refine_backend=ref["backend"], refine_kept_raw=bool(ref.get("kept_raw", False)),
-            sentences_raw=len(prov), sentences_removed=len(ref["removed"]),
-            provenance=json.dumps(prov, ensure_ascii=False), removed_sentences=json.dumps(ref["removed"], ensure_ascii=False),
-            background_source=bg["name"] if bg else "",
-            camera_motion=visual["camera_motion"], camera_speed=_r(visual["camera_speed"]), pan_dx=_r(visual["pan_dx"]),
-            pan_dy=_r(visual["pan_dy"]), zoom_rate=_r(visual["zoom_rate"]), camera_inliers=_r(visual["camera_inliers"]),
-            motion_level=visual["motion_level"], motion_mean=_r(visual["motion_mean"]), motion_region=visual["motion_region"],
-            modality_pred=visual.get("modality_pred", ""), modality_prob=_r(visual.get("modality_prob")),
-            modality_backend=visual.get("modality_backend", ""), modality_metadata=meta["modality"],
-            modality_agrees=bool(visual.get("modality_pred", "") == meta["modality"]) if meta["modality"] else None,
-            brightness=_r(visual["brightness"]), contrast=_r(visual["contrast"]), colour_share=_r(visual["colour_share"]),
-            is_grayscale=visual["is_grayscale"], dominant_colour=visual["dominant_colour"], content_fraction=_r(visual["content_fraction"]),
-            brightness_change=visual["brightness_change"], brightness_trend=_r(visual["brightness_trend"]),
-            brightness_fluctuation=_r(visual["brightness_fluctuation"]),
-            **{k: one_line(row.get(k)) for k in ("title", "domain", "modality", "label", "license", "source", "doi")}))
-        seconds.append(time.perf_counter() - t0)
-        log.debug("captioned %s in %.2f s", cid, seconds[-1])
+    step = functools.partial(caption_row, clips_dir=str(clips_dir), client=client, n_frames=n_frames, frame_side=frame_side,
+                             motion_fps=motion_fps, motion_side=motion_side, appearance=appearance, brightness=brightness,
+                             motion=motion, seed=seed, modality_fn=modality_fn, refine_fn=refine_fn, backgrounds=backgrounds,
+                             prompts=prompts)
+    out = (executor or Executor()).map(step, clips.sort_values("clip_id", kind="stable").to_dict("records"),
+                                       desc=f"caption ({name})", progress=progress)
+    rows = [r for r, _, _ in out if r is not None]
+    bad = [b for _, b, _ in out if b is not None]
+    seconds = [t for r, _, t in out if r is not None]
     if seconds: log.info("captioned %d of %d clips (%s) in %.1f s: %.2f s per clip, slowest %.2f s; %d rejected",
                          len(rows), len(clips), name, sum(seconds), float(np.mean(seconds)), max(seconds), len(bad))
     return pd.DataFrame(rows), bad

@@ -21,8 +21,8 @@ from .dynamics import score_dynamics
 from .privacy import score_privacy
 
 # %% auto #0
-__all__ = ['SCORERS', 'FLAG_ONLY', 'REASON_CODES', 'score_frames', 'read_for_filter', 'frames_from_defect_clip', 'score_clip',
-           'score_clips', 'precision_recall', 'evaluate_filter']
+__all__ = ['SCORERS', 'FLAG_ONLY', 'REASON_CODES', 'score_frames', 'read_for_filter', 'clip_info', 'frames_from_defect_clip',
+           'score_clip', 'score_row', 'score_clips', 'precision_recall', 'score_defect_clip', 'evaluate_filter']
 
 # %% ../../nbs/26_filters.ipynb #d62206d2
 SCORERS = {"border": score_border, "ocr": score_ocr, "aesthetic": score_aesthetic, "technical": score_technical,
@@ -61,16 +61,23 @@ def score_frames(name: str, frames: np.ndarray, settings: dict | None = None, fp
     return SCORERS[name](frames, **_kwargs(name, settings, fps, video_path))
 
 # %% ../../nbs/26_filters.ipynb #aa717139
-def read_for_filter(path: str | Path, sample: dict) -> tuple[np.ndarray, float | None]:
-    "Frames of a clip file per `sample` (`n` uniform frames, or `fps`: a rate or 'native' for every frame; at `max_side`) and their rate (None for `n`)."
+def read_for_filter(path: str | Path, sample: dict, info=None) -> tuple[np.ndarray, float | None]:
+    "Frames of a clip file per `sample` (`n` uniform frames, or `fps`: a rate or 'native' for every frame; at `max_side`) and their rate (None for `n`); `info` from a table spares the probe."
     from medgen.video import probe_video
     if ("n" in sample) == ("fps" in sample): raise ValueError(f"sample needs exactly one of 'n' or 'fps', got {sample}")
+    info = info or probe_video(path)
     if sample.get("fps") == "native":
-        info = probe_video(path)
         frames, _ = read_frames(path, max_side=sample.get("max_side"), info=info)
         return frames, info.fps
-    frames, _ = read_frames(path, n=sample.get("n"), fps=sample.get("fps"), max_side=sample.get("max_side"))
+    frames, _ = read_frames(path, n=sample.get("n"), fps=sample.get("fps"), max_side=sample.get("max_side"), info=info)
     return frames, sample.get("fps")
+
+def clip_info(row: dict):
+    "A `VideoInfo` from a clips table row (segment's and the defect set's tables carry fps, n_frames, width, height), or None."
+    from medgen.video import VideoInfo
+    try: fps, n, w, h = float(row["fps"]), int(row["n_frames"]), int(row["width"]), int(row["height"])
+    except (KeyError, TypeError, ValueError): return None
+    return VideoInfo(frames=n, fps=fps, duration_s=n / fps, width=w, height=h, container="", codec="", pix_fmt="", bit_rate=0, size_bytes=0)
 
 def frames_from_defect_clip(frames: np.ndarray, clip_fps: float, sample: dict) -> tuple[np.ndarray, float | None]:
     "What the filter would read from a defect-set clip (decoded at `clip_fps`): `n` uniform frames, or every k-th frame for `fps`."
@@ -80,34 +87,41 @@ def frames_from_defect_clip(frames: np.ndarray, clip_fps: float, sample: dict) -
     step = max(1, int(round(clip_fps / sample["fps"])))
     return frames[::step], clip_fps / step
 
-def score_clip(name: str, path: str | Path, sample: dict, settings: dict | None = None) -> dict:
-    "Read clip `path` as filter `name` wants it and score it."
-    frames, fps = read_for_filter(path, sample)
+def score_clip(name: str, path: str | Path, sample: dict, settings: dict | None = None, info=None) -> dict:
+    "Read clip `path` as filter `name` wants it (decoded once) and score it."
+    frames, fps = read_for_filter(path, sample, info)
     return score_frames(name, frames, settings, fps, video_path=path)
 
 # %% ../../nbs/26_filters.ipynb #60d5a0c1
 REASON_CODES = {"border": "black_border", "ocr": "subtitles", "aesthetic": "low_aesthetic", "technical": "low_technical",
                 "joint": "low_joint_quality"}  # dynamics returns its own code (static | jumpy)
 
-def score_clips(name: str, clips: pd.DataFrame, clips_dir: str | Path, sample: dict, settings: dict | None = None,
-                progress: bool = True) -> tuple[pd.DataFrame, list[dict]]:
-    "Score every clip of `clips` with filter `name`: one row per clip (score, decision, reason, backend, extras) and rejection rows."
-    from tqdm.auto import tqdm
+def score_row(rec: dict, # one clips-table row: clip_id, video_id, file and (optionally) fps, n_frames, width, height
+              name: str, # the filter
+              clips_dir: str | Path, # the folder `file` is relative to
+              sample: dict, settings: dict | None = None) -> tuple[dict, dict | None]:
+    "The pure per-clip step of a filter stage: the clip's score row, and its rejection row (None when kept or flagged)."
     from medgen.core import rejection
     from medgen.video import VideoError
-    log, stage = get_logger("medgen.curate.filters"), f"filter_{name}"
-    rows, rejected = [], []
-    for rec in tqdm(clips.sort_values("clip_id").to_dict("records"), desc=stage, unit="clip", disable=not progress):
-        try: r = score_clip(name, Path(clips_dir) / rec["file"], sample, settings)
-        except (VideoError, ValueError) as e:
-            log.warning("%s: cannot score %s: %s", stage, rec["clip_id"], e)
-            rows.append(dict(clip_id=rec["clip_id"], score=float("nan"), decision="error", reason=str(e), backend=""))
-            rejected.append(rejection(rec["video_id"], stage, "unreadable", str(e), clip_id=rec["clip_id"])); continue
-        extras = {k: (v if np.isscalar(v) else str(v)) for k, v in r.items() if k not in ("score", "decision", "reason", "backend")}
-        rows.append(dict(clip_id=rec["clip_id"], score=float(r["score"]), decision=r["decision"], reason=r["reason"], backend=r["backend"], **extras))
-        if r["decision"] == "remove":
-            rejected.append(rejection(rec["video_id"], stage, r.get("code") or REASON_CODES[name], r["reason"], clip_id=rec["clip_id"]))
-    return pd.DataFrame(rows), rejected
+    stage = f"filter_{name}"
+    try: r = score_clip(name, Path(clips_dir) / rec["file"], sample, settings, clip_info(rec))
+    except (VideoError, ValueError) as e:
+        get_logger("medgen.curate.filters").warning("%s: cannot score %s: %s", stage, rec["clip_id"], e)
+        return (dict(clip_id=rec["clip_id"], score=float("nan"), decision="error", reason=str(e), backend=""),
+                rejection(rec["video_id"], stage, "unreadable", str(e), clip_id=rec["clip_id"]))
+    extras = {k: (v if np.isscalar(v) else str(v)) for k, v in r.items() if k not in ("score", "decision", "reason", "backend")}
+    row = dict(clip_id=rec["clip_id"], score=float(r["score"]), decision=r["decision"], reason=r["reason"], backend=r["backend"], **extras)
+    bad = rejection(rec["video_id"], stage, r.get("code") or REASON_CODES[name], r["reason"], clip_id=rec["clip_id"]) if r["decision"] == "remove" else None
+    return row, bad
+
+def score_clips(name: str, clips: pd.DataFrame, clips_dir: str | Path, sample: dict, settings: dict | None = None,
+                progress: bool = True, executor=None) -> tuple[pd.DataFrame, list[dict]]:
+    "Score every clip of `clips` with filter `name` (`score_row` mapped by `executor`, default local): one row per clip and the rejection rows."
+    from medgen.executor import Executor
+    recs = clips.sort_values("clip_id").to_dict("records")
+    out = (executor or Executor()).map(functools.partial(score_row, name=name, clips_dir=str(clips_dir), sample=sample, settings=settings),
+                                       recs, desc=f"filter_{name}", progress=progress)
+    return pd.DataFrame([row for row, _ in out]), [bad for _, bad in out if bad is not None]
 
 # %% ../../nbs/26_filters.ipynb #891b91e9
 def precision_recall(flagged, expected) -> dict:
@@ -118,21 +132,30 @@ def precision_recall(flagged, expected) -> dict:
     return dict(tp=tp, fp=fp, fn=fn, tn=tn, precision=tp / (tp + fp) if tp + fp else float("nan"),
                 recall=tp / (tp + fn) if tp + fn else float("nan"), false_alarm_rate=fp / (fp + tn) if fp + tn else float("nan"))
 
-def evaluate_filter(name: str, ds, sample: dict, settings: dict | None = None, defects=None, progress: bool = True):
-    "Score every defect-set clip (of `defects`, or all) with filter `name`: per-clip table and precision/recall."
-    from tqdm.auto import tqdm
-    labels = ds.labels if defects is None else ds.labels[ds.labels.defect.isin(["clean", *defects])]
-    rows, needs_file = [], "dover" in ((settings or {}).get("backend"), (settings or {}).get("technical_backend"))
-    for rec in tqdm(labels.to_dict("records"), desc=f"evaluate {name}", unit="clip", disable=not progress):
-        frames, fps = frames_from_defect_clip(ds[rec["clip"]], ds.fps, sample)
-        if needs_file:  # DOVER reads a video file: the defect clip, written near-losslessly
+def score_defect_clip(item: tuple[dict, object], # (label row, the clip: its file, or its frames when the set is in memory)
+                      name: str, sample: dict, settings: dict | None, clip_fps: float) -> dict:
+    "The pure per-clip step of a filter's evaluation: read a defect-set clip as the filter reads corpus clips, score it."
+    rec, clip = item
+    if isinstance(clip, np.ndarray):  # an in-memory set: what the filter would read from its file
+        frames, fps = frames_from_defect_clip(clip, clip_fps, sample)
+        if "dover" in ((settings or {}).get("backend"), (settings or {}).get("technical_backend")):  # DOVER reads a file
             import tempfile
             from medgen.video import write_video
             with tempfile.TemporaryDirectory() as d:
-                r = score_frames(name, frames, settings, fps, video_path=write_video(ds[rec["clip"]], Path(d) / "clip.mp4", ds.fps, crf=1))
+                r = score_frames(name, frames, settings, fps, video_path=write_video(clip, Path(d) / "clip.mp4", clip_fps, lossless=True))
         else: r = score_frames(name, frames, settings, fps)
-        rows.append(dict(clip=rec["clip"], score=float(r["score"]), decision=r["decision"], flagged=r["decision"] != "keep",
-                         reason=r["reason"], backend=r["backend"]))
+    else: r = score_clip(name, clip, sample, settings, clip_info(rec))
+    return dict(clip=rec["clip"], score=float(r["score"]), decision=r["decision"], flagged=r["decision"] != "keep",
+                reason=r["reason"], backend=r["backend"])
+
+def evaluate_filter(name: str, ds, sample: dict, settings: dict | None = None, defects=None, progress: bool = True, executor=None):
+    "Score every defect-set clip (of `defects`, or all) with filter `name` (mapped by `executor`): per-clip table and precision/recall."
+    from medgen.executor import Executor
+    labels = ds.labels if defects is None else ds.labels[ds.labels.defect.isin(["clean", *defects])]
+    recs = labels.to_dict("records")
+    items = [(r, ds.frames[r["clip"]] if ds.frames is not None else str(ds.clips_dir / r["file"])) for r in recs]
+    rows = (executor or Executor()).map(functools.partial(score_defect_clip, name=name, sample=sample, settings=settings, clip_fps=ds.fps),
+                                        items, desc=f"evaluate {name}", progress=progress)
     res = pd.DataFrame(rows).merge(labels, on="clip")
     metrics = precision_recall(res.flagged, res[f"expect_{name}"])
     metrics["clips"] = int(res[f"expect_{name}"].notna().sum())

@@ -6,7 +6,7 @@ Docs: https://github.com/medgen-compendium/medgen/segment.html.md"""
 
 # %% ../../nbs/13_segment.ipynb #f0e281b8
 from __future__ import annotations
-import json, math
+import functools, json, math
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -20,8 +20,8 @@ from ..video import VideoError, read_frames, write_video
 # %% auto #0
 __all__ = ['STAGE', 'CARRIED', 'CLIP_COLUMNS', 'maximal_runs', 'find_segments', 'split_run', 'clip_spans', 'grouped_folds',
            'balanced_weights', 'fit_head', 'cross_validate_head', 'classification_metrics', 'save_head', 'load_head',
-           'adjacent_similarity', 'splice_similarity', 'plan_video', 'cut_clip', 'segment_videos', 'frame_strip',
-           'plot_timelines']
+           'adjacent_similarity', 'splice_similarity', 'plan_video', 'cut_clip', 'segment_video', 'segment_videos',
+           'frame_strip', 'plot_timelines']
 
 # %% ../../nbs/13_segment.ipynb #f94a2bea
 STAGE = "segment"
@@ -187,44 +187,57 @@ CARRIED = ["title", "description", "clinical_note", "domain", "modality", "label
 CLIP_COLUMNS = ["clip_id", "video_id", "start_s", "end_s", "duration_s", "fps", "width", "height", "n_frames", "file",
                 "medical_probs", "min_similarity", "classifier_backend"] + CARRIED
 
+def segment_video(item: tuple[dict, dict | None, str | None], # (selected video row, its frame scores {t_s, medical_prob, similarity_to_prev} or None, why none)
+                  corpus_dir: str | Path, out_dir: str | Path, fps: float = 1.0, threshold: float = 0.5, tau: float = 0.9,
+                  min_seconds: float = 6, max_seconds: float | None = 10, min_short_side: int = 0, out_fps: float = 8,
+                  max_side: int | None = 256, backend: str = "domain-clip-linear") -> tuple[list[dict], dict | None]:
+    "The pure per-video step of segmentation: plan the clips from the frame scores, cut and write them; (clip rows, None) or ([], rejection)."
+    from medgen.curate.domain_clip import video_info
+    video, scores, why_none = item
+    vid = video["video_id"]
+    if scores is None: return [], rejection(vid, STAGE, "unreadable", why_none or "no frame scores for this video")
+    probs, times, sim = (np.asarray(scores[k], float) for k in ("medical_prob", "t_s", "similarity_to_prev"))
+    sim = sim[1:]
+    spans, bad = plan_video(vid, probs, sim, video["width"], video["height"], fps, threshold, tau, min_seconds,
+                            max_seconds, min_short_side)
+    if bad:
+        get_logger("medgen.curate.segment").info("%s: %s (%s)", vid, bad["reason"], bad["detail"]); return [], bad
+    made = []
+    try:
+        for k, (i, j) in enumerate(spans):
+            clip_id = f"{vid}__{k:02d}"; file = f"{clip_id}.mp4"
+            cut = cut_clip(Path(corpus_dir) / video["file"], times[i], times[j], Path(out_dir) / "clips" / file, out_fps,
+                           max_side, video_info(video))
+            made.append(dict(clip_id=clip_id, video_id=vid, start_s=round(float(times[i]), 6), end_s=round(float(times[j]), 6),
+                             duration_s=round(cut["n_frames"] / out_fps, 6), **cut, file=str(file),
+                             medical_probs=[round(float(p), 6) for p in probs[i:j + 1]],
+                             min_similarity=round(float(sim[i:j].min()), 6), classifier_backend=backend,
+                             **{c: video.get(c, "") for c in CARRIED}))
+    except VideoError as e:
+        for m in made: (Path(out_dir) / "clips" / m["file"]).unlink(missing_ok=True)  # no orphan clip files of a rejected video
+        return [], rejection(vid, STAGE, "unreadable", f"cutting clips: {e}")
+    return made, None
+
 def segment_videos(selected: pd.DataFrame, frames: pd.DataFrame, corpus_dir: str | Path, out_dir: str | Path,
                    fps: float = 1.0, threshold: float = 0.5, tau: float = 0.9, min_seconds: float = 6,
                    max_seconds: float | None = 10, min_short_side: int = 0, out_fps: float = 8, max_side: int | None = 256,
                    backend: str = "domain-clip-linear", sampling_errors: Mapping[str, str] | None = None,
-                   progress: bool = True) -> tuple[pd.DataFrame, list[dict]]:
+                   progress: bool = True, executor=None) -> tuple[pd.DataFrame, list[dict]]:
     """Plan and cut the clips of every `selected` video from its per-frame scores in `frames`
     (columns video_id, t_s, medical_prob, similarity_to_prev); clips go to `out_dir/clips/<clip_id>.mp4`.
+    `segment_video` is mapped over the videos by `executor` (default: local).
     Returns the clips table (`file` relative to `out_dir/clips`, as ingest's `file` is relative to the corpus) and rejection rows."""
-    from medgen.curate.domain_clip import video_info
-    log, rows, rejected = get_logger("medgen.curate.segment"), [], []
-    by_video = {v: g.sort_values("t_s") for v, g in frames.groupby("video_id")}
+    from medgen.executor import Executor
+    cols = ["t_s", "medical_prob", "similarity_to_prev"]
+    by_video = {v: {c: g.sort_values("t_s")[c].to_numpy(float) for c in cols} for v, g in frames.groupby("video_id")}
     records = selected.reset_index(drop=True).sort_values("video_id", kind="stable").to_dict("records")
-    for video in tqdm(records, desc="segment", unit="video", disable=not progress):
-        vid = video["video_id"]
-        if vid not in by_video:
-            err = (sampling_errors or {}).get(vid, "no frame scores for this video")
-            rejected.append(rejection(vid, STAGE, "unreadable", err)); continue
-        g = by_video[vid]
-        probs, times = g.medical_prob.to_numpy(float), g.t_s.to_numpy(float)
-        sim = g.similarity_to_prev.to_numpy(float)[1:]
-        spans, bad = plan_video(vid, probs, sim, video["width"], video["height"], fps, threshold, tau, min_seconds,
-                                max_seconds, min_short_side)
-        if bad: rejected.append(bad); log.info("%s: %s (%s)", vid, bad["reason"], bad["detail"]); continue
-        made = []
-        try:
-            for k, (i, j) in enumerate(spans):
-                clip_id = f"{vid}__{k:02d}"; file = f"{clip_id}.mp4"
-                cut = cut_clip(Path(corpus_dir) / video["file"], times[i], times[j], Path(out_dir) / "clips" / file, out_fps,
-                               max_side, video_info(video))
-                made.append(dict(clip_id=clip_id, video_id=vid, start_s=round(float(times[i]), 6), end_s=round(float(times[j]), 6),
-                                 duration_s=round(cut["n_frames"] / out_fps, 6), **cut, file=str(file),
-                                 medical_probs=[round(float(p), 6) for p in probs[i:j + 1]],
-                                 min_similarity=round(float(sim[i:j].min()), 6), classifier_backend=backend,
-                                 **{c: video.get(c, "") for c in CARRIED}))
-        except VideoError as e:
-            rejected.append(rejection(vid, STAGE, "unreadable", f"cutting clips: {e}")); continue
-        rows += made
-    return pd.DataFrame(rows, columns=CLIP_COLUMNS), rejected
+    items = [(v, by_video.get(v["video_id"]), (sampling_errors or {}).get(v["video_id"])) for v in records]
+    step = functools.partial(segment_video, corpus_dir=str(corpus_dir), out_dir=str(out_dir), fps=fps, threshold=threshold, tau=tau,
+                             min_seconds=min_seconds, max_seconds=max_seconds, min_short_side=min_short_side, out_fps=out_fps,
+                             max_side=max_side, backend=backend)
+    out = (executor or Executor()).map(step, items, desc="segment", progress=progress)
+    rows = [r for made, _ in out for r in made]
+    return pd.DataFrame(rows, columns=CLIP_COLUMNS), [bad for _, bad in out if bad is not None]
 
 # %% ../../nbs/13_segment.ipynb #d0682c79
 def frame_strip(frames: np.ndarray, n_max: int = 10, height: int = 48, gap: int = 2) -> tuple[np.ndarray, list[int]]:
