@@ -21,9 +21,9 @@ from ..video import VideoError, read_frames, read_views
 
 # %% auto #0
 __all__ = ['STAGE', 'MODALITY_PHRASES', 'MODALITY_NOUNS', 'CAMERA_PHRASES', 'CAMERA_BRIEF', 'PACE_WORDS', 'LIGHT_WORDS',
-           'PAPER_WORDS_PER_DETAILED_CAPTION', 'load_backgrounds', 'find_background', 'dedupe_note', 'clip_meta',
-           'visual_sentences', 'grounded_caption', 'caption_clip', 'word_count', 'word_stats', 'caption_row',
-           'caption_clips']
+           'PAPER_WORDS_PER_DETAILED_CAPTION', 'CAPTION_COLUMNS', 'load_backgrounds', 'find_background', 'dedupe_note',
+           'clip_meta', 'visual_sentences', 'grounded_caption', 'caption_clip', 'word_count', 'word_stats',
+           'caption_row', 'caption_clips']
 
 # %% ../../nbs/17_caption.ipynb #c482c280
 STAGE = "caption"
@@ -189,6 +189,16 @@ def word_stats(
 def _r(x, nd=5):
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(float(x), nd)
 
+CAPTION_COLUMNS = ['clip_id', 'video_id', 'start_s', 'end_s', 'duration_s', 'detailed_caption', 'detailed_caption_raw', 'brief_caption',
+                   'detailed_words', 'detailed_raw_words', 'brief_words', 'caption_backend', 'refine_backend',
+                   'refine_kept_raw', 'sentences_raw', 'sentences_removed', 'provenance', 'removed_sentences',
+                   'background_source', 'camera_motion', 'camera_speed', 'pan_dx', 'pan_dy', 'zoom_rate',
+                   'camera_inliers', 'motion_level', 'motion_mean', 'motion_region', 'modality_pred', 'modality_prob',
+                   'modality_backend', 'modality_metadata', 'modality_agrees', 'brightness', 'contrast',
+                   'colour_share', 'is_grayscale', 'dominant_colour', 'content_fraction', 'brightness_change',
+                   'brightness_trend', 'brightness_fluctuation', 'title', 'domain', 'modality', 'label', 'license',
+                   'source', 'doi']  # what `caption_row` adds to a clip row (an empty clip set gets these columns)
+
 def caption_row(
     row: Mapping, # one clips-table row
     clips_dir: str | Path, client=None, n_frames: int = 8, frame_side: int = 336, motion_fps: float = 5.0, motion_side: int = 192,
@@ -273,6 +283,7 @@ def caption_clips(
     rows = [r for r, _, _ in out if r is not None]
     bad = [b for _, b, _ in out if b is not None]
     seconds = [t for r, _, t in out if r is not None]
+    if not rows: return pd.DataFrame(columns=list(dict.fromkeys([*clips.columns, *CAPTION_COLUMNS]))), bad  # empty, with its columns
     if seconds: log.info("captioned %d of %d clips (%s) in %.1f s: %.2f s per clip, slowest %.2f s; %d rejected",
                          len(rows), len(clips), name, sum(seconds), float(np.mean(seconds)), max(seconds), len(bad))
     return pd.DataFrame(rows), bad

@@ -121,7 +121,8 @@ def score_clips(name: str, clips: pd.DataFrame, clips_dir: str | Path, sample: d
     recs = clips.sort_values("clip_id").to_dict("records")
     out = (executor or Executor()).map(functools.partial(score_row, name=name, clips_dir=str(clips_dir), sample=sample, settings=settings),
                                        recs, desc=f"filter_{name}", progress=progress)
-    return pd.DataFrame([row for row, _ in out]), [bad for _, bad in out if bad is not None]
+    rows = [row for row, _ in out]  # an empty clip set: an empty table that still has the score columns
+    return pd.DataFrame(rows, columns=None if rows else ["clip_id", "score", "decision", "reason", "backend"]), [bad for _, bad in out if bad is not None]
 
 # %% ../../nbs/26_filters.ipynb #891b91e9
 def precision_recall(flagged, expected) -> dict:
