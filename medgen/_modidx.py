@@ -425,4 +425,5 @@ d = { 'settings': { 'branch': 'main',
                               'medgen.video.read_views': ('video.html#read_views', 'medgen/video.py'),
                               'medgen.video.write_video': ('video.html#write_video', 'medgen/video.py')},
             'medgen.viz': { 'medgen.viz.contact_sheet': ('viz.html#contact_sheet', 'medgen/viz.py'),
+                            'medgen.viz.empty_note': ('viz.html#empty_note', 'medgen/viz.py'),
                             'medgen.viz.report_images': ('viz.html#report_images', 'medgen/viz.py')}}}

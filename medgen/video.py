@@ -156,7 +156,9 @@ def write_video(frames: np.ndarray, # RGB frames (T,H,W,3) uint8
         s = out.add_stream("libx264rgb" if lossless else "libx264", rate=Fraction(fps).limit_denominator(1001))
         s.width, s.height, s.pix_fmt = w, h, "bgr24" if lossless else "yuv420p"
         quality = {"qp": "0", "preset": "ultrafast"} if lossless else {"crf": str(crf), "preset": "medium"}
-        s.options = quality | {"threads": "1", "flags": "+bitexact"}
+        # mbtree off: the AVX-512 mbtree of the x264 that PyAV ships reads uninitialised memory, so the same frames gave
+        # different bytes from one process (heap) to the next (up to 49 grey levels on a 234-px clip; NOTES.md)
+        s.options = quality | {"threads": "1", "flags": "+bitexact", "x264-params": "mbtree=0"}
         s.codec_context.thread_count = 1
         for img in frames:
             for packet in s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img[:h, :w]), format="rgb24")): out.mux(packet)

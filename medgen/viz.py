@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 # %% auto #0
-__all__ = ['contact_sheet', 'report_images']
+__all__ = ['contact_sheet', 'empty_note', 'report_images']
 
 # %% ../nbs/02_viz.ipynb #e152afcd
 def contact_sheet(images: Sequence[np.ndarray], captions: Sequence[str], groups: Sequence[str] | None = None,
@@ -39,6 +39,15 @@ def contact_sheet(images: Sequence[np.ndarray], captions: Sequence[str], groups:
     if title: fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return fig
+
+# %% ../nbs/02_viz.ipynb #afd5cdd2
+def empty_note(stage: str, # the stage, as the report names it
+               what: str = "clip", # the unit that did not arrive
+               upstream: str = "the previous stage", # where to look for why
+              ) -> str:
+    "A Markdown note for a report whose input table is empty."
+    return (f"**Nothing to do: no {what} reached `{stage}`.** Its tables are written empty (with their columns) and its "
+            f"figures show nothing; the rejection table says why every {what} left, see {upstream}'s report.")
 
 # %% ../nbs/02_viz.ipynb #e18bcb5c
 def report_images(nb_path: str | Path, # an executed notebook (e.g. `reports/segment.ipynb`)

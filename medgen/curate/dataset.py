@@ -372,7 +372,7 @@ def dataset_card(meta: pd.DataFrame, funnel: pd.DataFrame, backends: dict[str, l
     nc_note = _noncommercial_notes(lic, videos_acc, video_licences)
     cats = meta.groupby("category").agg(clips=("name", "size"), minutes=("duration_s", lambda s: round(s.sum() / 60, 2))).reset_index()
     num = meta[["duration_s", "fps", "width", "height", "bitrate", "aesthetic_score", "technical_score", "brief_words", "detailed_words"]]
-    stats = num.describe().T[["mean", "min", "50%", "max"]].rename(columns={"50%": "median"}).reset_index().rename(columns={"index": "field"})
+    stats = num.astype(float).describe().T[["mean", "min", "50%", "max"]].rename(columns={"50%": "median"}).reset_index().rename(columns={"index": "field"})
     fun = funnel[["step", "stage", "unit_in", "n_in", "n_removed", "n_kept", "unit_out", "n_out", "n_flagged", "reasons"]]
     fields = pd.DataFrame({"field": list(METADATA_FIELDS), "meaning": list(METADATA_FIELDS.values())})
     back = "\n".join(f"- `{k}`: " + (", ".join(f"`{v}`" for v in vals) or "(none)") for k, vals in backends.items())
