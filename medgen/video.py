@@ -157,7 +157,7 @@ def write_video(frames: np.ndarray, # RGB frames (T,H,W,3) uint8
         s.width, s.height, s.pix_fmt = w, h, "bgr24" if lossless else "yuv420p"
         quality = {"qp": "0", "preset": "ultrafast"} if lossless else {"crf": str(crf), "preset": "medium"}
         # mbtree off: the AVX-512 mbtree of the x264 that PyAV ships reads uninitialised memory, so the same frames gave
-        # different bytes from one process (heap) to the next (up to 49 grey levels on a 234-px clip; NOTES.md)
+        # different bytes from one process (heap) to the next (up to 49 grey levels on a 234-px clip; tests/test_segment.py)
         s.options = quality | {"threads": "1", "flags": "+bitexact", "x264-params": "mbtree=0"}
         s.codec_context.thread_count = 1
         for img in frames:

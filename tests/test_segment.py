@@ -35,3 +35,32 @@ def test_unreadable_video_is_a_row_and_the_run_goes_on(tmp_path, corpus):
     assert (r["video_id"], r["clip_id"], r["stage"], r["reason"]) == ("us_bact_pneumonia_airbronchogram", None, "segment", "unreadable")
     assert "cannot open" in r["detail"]
     assert list(rejections_frame(rejected).columns) == REJECTION_COLUMNS
+
+
+CUT = """import sys, hashlib
+from pathlib import Path
+from medgen.curate.ingest import read_manifest
+from medgen.curate.segment import cut_clip
+from medgen.video import probe_video
+corpus, out = Path(sys.argv[1]), Path(sys.argv[2])
+row = read_manifest(corpus / "manifest.csv").set_index("video_id").loc["us_normal_linear_181206"]
+info = probe_video(corpus / row["file"])
+for k, (a, b) in enumerate([(0.0, 8.0), (8.0, 16.0), (16.0, 24.0)]):
+    cut_clip(corpus / row["file"], a, b, out / f"{k}.mp4", 8, 256, info)
+    print(k, hashlib.sha256((out / f"{k}.mp4").read_bytes()).hexdigest())
+"""
+
+
+@pytest.mark.parametrize("perturb", ["1", "200"])
+def test_clip_bytes_do_not_depend_on_the_heap(tmp_path, corpus, perturb):
+    """us_normal_linear_181206 (234 px, 19.04 fps) gave different clip bytes between runs: x264's AVX-512 mbtree read
+    uninitialised memory. Two processes whose heaps are filled differently (MALLOC_PERTURB_) must write the same bytes."""
+    import os, subprocess, sys
+    runs = []
+    for env_value in [None, perturb]:
+        env = {k: v for k, v in os.environ.items() if k != "MALLOC_PERTURB_"} | ({"MALLOC_PERTURB_": env_value} if env_value else {})
+        out = tmp_path / f"run_{env_value}"; out.mkdir()
+        r = subprocess.run([sys.executable, "-c", CUT, str(corpus), str(out)], env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        runs.append(r.stdout.split())
+    assert len(runs[0]) == 6 and runs[0] == runs[1], runs
