@@ -12,7 +12,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 # stage commands (medgen-stage, papermill, dvc) come from the project environment
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup data repro test test-fast lab export readme docs profile clean-scratch
+.PHONY: setup data repro test test-fast lab export readme docs profile clean-scratch bench
 
 setup: $(STAMP) data
 
@@ -62,6 +62,11 @@ test: setup browser
 	$(BIN)/python -m pytest
 
 # Unit tests only (no dvc repro integration run).
+# The curation engine measured against the decode floor (a cold repro in a fresh copy, Ray vs local, a projection):
+# writes benchmarks/RESULTS.md and benchmarks/results/curation.json; about 10 minutes on 2 cores.
+bench: setup
+	$(BIN)/python benchmarks/bench_curation.py
+
 test-fast: setup
 	$(BIN)/python -m pytest -m "not integration and not browser"
 
