@@ -178,3 +178,27 @@ def test_student_path_in_a_browser(repo):
     assert border.n_images >= 2 and border.n_tables >= 1  # the defect flag rates and the audit sheet; the scores table
     assert (repo / "scratch" / "filter_border" / "clips.parquet").exists()
     assert before == _dvc_state(repo) and all(p.read_bytes() == b for p, b in sources.items())
+
+
+def test_empty_clip_set_flows_to_the_dataset(repo):
+    """No video yields a clip (segment's rule set beyond every video's length): caption, the seven filters and the dataset
+    stage run on empty tables, each report says so, the funnel still adds up. Runs last: it changes the copy's params."""
+    rt = ruamel.yaml.YAML()
+    with open(repo / "params.yaml") as f: params = rt.load(f)
+    params["segment"]["min_seconds"] = 10_000
+    for f in params["filters"].values(): f["eval_defects"] = ["blur"]  # keep the defect-set evaluation small here
+    with open(repo / "params.yaml", "w") as f: rt.dump(params, f)
+    _run(["dvc", "repro", "dataset"], repo)
+    art = repo / "artifacts"
+    assert len(pd.read_parquet(art / "segment" / "clips.parquet")) == 0
+    stages = ["caption", *(f"filter_{f}" for f in params["filters"]), "dataset"]
+    for stage in stages:
+        assert "Nothing to do: no clip reached" in (repo / "reports" / f"{stage}.ipynb").read_text(), stage
+    assert "detailed_caption" in pd.read_parquet(art / "caption" / "captions.parquet").columns  # empty, with its columns
+    metrics = json.loads((art / "dataset" / "metrics.json").read_text())
+    assert metrics["clips"] == 0, metrics
+    funnel = pd.read_parquet(art / "dataset" / "funnel.parquet")
+    assert (funnel.unaccounted == 0).all()
+    seg_rows = pd.read_parquet(art / "dataset" / "rejections.parquet").query("stage == 'segment'")
+    selected = pd.read_parquet(art / "select" / "videos.parquet")
+    assert set(seg_rows.video_id) == set(selected.video_id)  # every selected video left at segment, with its reason

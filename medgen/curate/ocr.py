@@ -13,10 +13,11 @@ import numpy as np
 from ..core import get_logger
 
 # %% auto #0
-__all__ = ['OCR_BACKEND', 'ocr_reader', 'torch_threads', 'words_in', 'read_words', 'score_ocr']
+__all__ = ['OCR_BACKEND', 'BOX_BACKEND', 'ocr_reader', 'torch_threads', 'words_in', 'read_words', 'count_word_boxes', 'score_ocr']
 
 # %% ../../nbs/22_ocr.ipynb #24b4c512
-OCR_BACKEND = "easyocr-1.7.2:en(craft_mlt_25k+english_g2)"
+OCR_BACKEND = "easyocr-1.7.2:en(craft_mlt_25k+english_g2)"  # detector + recogniser: words read
+BOX_BACKEND = "easyocr-1.7.2:craft_mlt_25k(word boxes)"  # detector only: one box per word
 
 @functools.lru_cache(maxsize=2)
 def ocr_reader(languages: tuple[str, ...] = ("en",)):
@@ -54,15 +55,39 @@ def read_words(frames: np.ndarray, min_confidence: float = 0.3, min_chars: int =
     with torch_threads(torch_threads_n):
         return [words_in(reader.readtext(np.ascontiguousarray(f)), min_confidence, min_chars) for f in frames]
 
+# %% ../../nbs/22_ocr.ipynb #3c1e9b20
+def count_word_boxes(frames: np.ndarray, # RGB frames (T,H,W,3)
+                     side: int = 192, # px: each frame is shrunk to this longest side before detection (the detector's cost ~ area)
+                     min_box_px: int = 8, # px at `side`: smaller boxes are not words
+                     link_threshold: float = 0.7, # CRAFT's link score that joins characters into one box
+                     torch_threads_n: int | None = 1) -> list[int]:
+    "Words on each frame counted as CRAFT word boxes (no recognition): `width_ths=0` keeps one box per word instead of merging lines."
+    from medgen.video import _resize
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3: raise ValueError(f"need RGB frames (T,H,W,3), got shape {frames.shape}")
+    reader, counts = ocr_reader(), []
+    with torch_threads(torch_threads_n):
+        for f in frames:
+            horizontal, free = reader.detect(np.ascontiguousarray(_resize(f, side)), width_ths=0.0, min_size=min_box_px,
+                                             link_threshold=link_threshold)
+            counts.append(len(horizontal[0]) + len(free[0]))  # detect() returns one list per image
+    return counts
+
 # %% ../../nbs/22_ocr.ipynb #ad3f393e
-def score_ocr(frames: np.ndarray, max_words: int = 20, min_confidence: float = 0.3, min_chars: int = 2,
+def score_ocr(frames: np.ndarray, # 5 uniform RGB frames of the clip (MedGen)
+              max_words: int = 20, # MedGen: more words than this removes the clip
+              count: str = "boxes", # boxes (detector word boxes at `detect_side`) | words (detector + recogniser, `readtext`)
+              detect_side: int = 192, min_box_px: int = 8, link_threshold: float = 0.7, # count boxes: `count_word_boxes`
+              min_confidence: float = 0.3, min_chars: int = 2, # count words: `words_in`
               torch_threads_n: int | None = 1) -> dict:
-    "MedGen's subtitle rule: total OCR words on `frames` (5 uniform frames) > `max_words` removes the clip."
-    per_frame = read_words(frames, min_confidence, min_chars, torch_threads_n)
-    total = sum(len(w) for w in per_frame)
+    "MedGen's subtitle rule: the words on `frames` (5 uniform frames), in total, > `max_words` removes the clip."
+    if count == "boxes":
+        per_frame, backend, sample = count_word_boxes(frames, detect_side, min_box_px, link_threshold, torch_threads_n), BOX_BACKEND, ""
+    elif count == "words":
+        words = read_words(frames, min_confidence, min_chars, torch_threads_n)
+        per_frame, backend, sample = [len(w) for w in words], OCR_BACKEND, ": " + " | ".join(" ".join(w) for w in words if w)[:120]
+    else: raise ValueError(f"count must be 'boxes' or 'words', got {count!r}")
+    total = sum(per_frame)
     remove = total > max_words
-    sample = " | ".join(" ".join(w) for w in per_frame if w)[:120]
-    return dict(score=float(total), ocr_words=int(total), ocr_words_per_frame=[len(w) for w in per_frame],
-                decision="remove" if remove else "keep",
-                reason=f"{total} OCR words on {len(per_frame)} frames > {max_words}: {sample}" if remove else "",
-                backend=OCR_BACKEND)
+    return dict(score=float(total), ocr_words=int(total), ocr_words_per_frame=per_frame, decision="remove" if remove else "keep",
+                reason=f"{total} words ({count}) on {len(per_frame)} frames > {max_words}{sample}" if remove else "", backend=backend)

@@ -11,7 +11,7 @@ import functools
 import cv2
 import numpy as np
 
-from .ocr import OCR_BACKEND, read_words
+from .ocr import BOX_BACKEND, OCR_BACKEND, count_word_boxes, read_words
 
 # %% auto #0
 __all__ = ['FACE_BACKEND', 'face_cascade', 'skin_fraction', 'detect_faces', 'score_privacy']
@@ -54,19 +54,26 @@ def detect_faces(frame: np.ndarray, min_face_px: int = 20, min_neighbors: int = 
     return sorted(faces, key=lambda f: -f["w"] * f["h"])
 
 # %% ../../nbs/25_privacy.ipynb #884ff43c
-def score_privacy(frames: np.ndarray, min_text_words: int = 1, min_confidence: float = 0.3, min_chars: int = 2,
-                  min_face_px: int = 20, min_neighbors: int = 4, min_skin: float = 0.25, use_ocr: bool = True,
-                  torch_threads_n: int | None = 1) -> dict:
+def score_privacy(frames: np.ndarray, # RGB frames at 1 fps (Ophora)
+                  min_text_words: int = 1, # words on a frame that make it sensitive
+                  count: str = "boxes", # boxes (detector word boxes, no recognition) | words (detector + recogniser)
+                  detect_side: int = 192, min_box_px: int = 8, link_threshold: float = 0.7, # count boxes: `count_word_boxes`
+                  min_confidence: float = 0.3, min_chars: int = 2, # count words: `words_in`
+                  min_face_px: int = 20, min_neighbors: int = 4, min_skin: float = 0.25, # `detect_faces`
+                  use_ocr: bool = True, torch_threads_n: int | None = 1) -> dict:
     "Ophora P2FT: flag the clip when any frame (1 fps) shows a face or >= `min_text_words` overlaid words."
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0: raise ValueError(f"need RGB frames (T,H,W,3), got shape {frames.shape}")
+    if count not in ("boxes", "words"): raise ValueError(f"count must be 'boxes' or 'words', got {count!r}")
     faces = [len(detect_faces(f, min_face_px, min_neighbors, 1.2, min_skin)) for f in frames]
-    words = read_words(frames, min_confidence, min_chars, torch_threads_n) if use_ocr else [[] for _ in frames]
+    if not use_ocr: words, text_backend = [0] * len(frames), ""
+    elif count == "boxes": words, text_backend = count_word_boxes(frames, detect_side, min_box_px, link_threshold, torch_threads_n), BOX_BACKEND
+    else: words, text_backend = [len(w) for w in read_words(frames, min_confidence, min_chars, torch_threads_n)], OCR_BACKEND
     face_frames = [i for i, n in enumerate(faces) if n > 0]
-    text_frames = [i for i, w in enumerate(words) if len(w) >= min_text_words]
+    text_frames = [i for i, n in enumerate(words) if n >= min_text_words]
     sensitive = sorted(set(face_frames) | set(text_frames))
     why = ([f"face on frames {face_frames}"] if face_frames else []) + \
-          ([f"text on frames {text_frames}: {' '.join(words[text_frames[0]])[:60]}"] if text_frames else [])
+          ([f"text ({count}) on frames {text_frames}"] if text_frames else [])
     return dict(score=len(sensitive) / len(frames), sensitive_frames=len(sensitive), face_frames=len(face_frames),
                 text_frames=len(text_frames), frames=len(frames), decision="flag" if sensitive else "keep",
-                reason="; ".join(why), backend=FACE_BACKEND + ("+" + OCR_BACKEND if use_ocr else ""))
+                reason="; ".join(why), backend=FACE_BACKEND + ("+" + text_backend if use_ocr else ""))
