@@ -58,13 +58,15 @@ def cold_repro(work: Path) -> tuple[Path, dict]:
 
 def decode_floor(repo: Path) -> dict:
     "Decode every frame of every clip the filter chain touches, once, sequentially (PyAV, RGB, full size)."
+    from medgen.curate.filters import clip_info
     from medgen.video import read_frames
     clips = pd.read_parquet(repo / "artifacts/caption/captions.parquet")
-    paths = [repo / "artifacts/segment/clips" / f for f in clips.file]
     labels = pd.read_parquet(repo / "artifacts/defects/set/labels.parquet")
-    paths += [repo / "artifacts/defects/set/clips" / f for f in labels.file]
+    todo = [(repo / "artifacts/segment/clips" / r["file"], clip_info(r)) for r in clips.to_dict("records")]
+    todo += [(repo / "artifacts/defects/set/clips" / r["file"], clip_info(r)) for r in labels.to_dict("records")]
+    paths = [p for p, _ in todo]
     t0, frames = time.perf_counter(), 0
-    for p in paths: frames += len(read_frames(p)[0])
+    for p, info in todo: frames += len(read_frames(p, info=info)[0])  # info from the tables: one decode, no probe
     seconds = time.perf_counter() - t0
     video_s = float(clips.duration_s.sum() + (labels.n_frames / labels.fps).sum())
     return dict(clips=len(paths), corpus_clips=len(clips), defect_clips=len(labels), frames=frames, video_s=round(video_s, 1),
