@@ -197,7 +197,49 @@ fixed cost left out.
 """ + "\n".join(f"| {w} | {h:,.0f} | {proj['days'][w]:,.1f} |" for w, h in proj["hours"].items()) + "\n"
 
 
+BEFORE_AFTER = """
+## Before and after (issue 8)
+
+Measured by hand on this machine before the change (2026-12-02, `make repro` with the environment present) and by this
+run after it:
+
+| | before | after | what changed |
+|---|---|---|---|
+| curation, cold | 1,217 s | {cold:.0f} s | the defect set built once (`defects` stage, lossless clips) instead of in every filter |
+| the seven filter stages | 1,033 s | {chain:.0f} s | |
+| subtitle OCR stage | 407 s (369 s defect set) | {ocr:.0f} s ({ocr_d:.0f} s defect set) | CRAFT word boxes on frames shrunk to 192 px, no recogniser (`count: boxes`); torch's default threads |
+| privacy stage | 399 s (338 s defect set) | {priv:.0f} s ({priv_d:.0f} s defect set) | the same text detector; faces unchanged |
+| OCR precision / recall (211 defect clips) | 1.00 / 0.67 | 1.00 / 0.82 | boxes count the words the recogniser under-reads |
+
+**Profile** (py-spy, the technical filter on its defect-set clips): 48 % reading the clip (40 % decoding the lossless
+RGB H.264 defect clips: the decode floor itself), 23 % the per-frame measures, 14 % jitter's phase correlation. In the
+OCR and privacy stages the CRAFT detector is about 90 % of the time (about 0.1 s a 192-px frame with two threads;
+recognition added 0 ms on text-free frames and about 120 ms on subtitle frames, batching five frames was no faster).
+Threaded decoding (`thread_type=AUTO`) gained 13 % on the defect clips, within run-to-run noise: left out.
+
+**Why the targets are missed.** The chain's cost is the honest evaluation, not the corpus: of the filter stages' time,
+the 18 corpus clips take under a minute, the defect set (2,907 clip scorings, about 1,900 of them text detections
+on 4-5 frames each) the rest. Text detection with CRAFT on a CPU costs about 40 decodes of the same frame, so no
+chain that runs it on every evaluated frame comes near 3x the decode floor; the cold-repro target of 240 s is missed
+by the same cost plus the fixed stages (domain CLIP training 54 s, the defect set 45 s, papermill about 5 s a stage).
+What would meet them: a GPU for the detector (the paper profile), or evaluating OCR and privacy on fewer defect clips
+(which would weaken the numbers the filters are judged by: not done).
+"""
+
+
+def render(res: dict) -> str:
+    f = {r["filter"]: r for r in res["filters"]}
+    return write_results(res) + BEFORE_AFTER.format(
+        cold=res["cold"]["cold_s"], chain=sum(r["stage_s"] for r in res["filters"]), ocr=f["ocr"]["stage_s"],
+        ocr_d=f["ocr"]["defect_set_s"], priv=f["privacy"]["stage_s"], priv_d=f["privacy"]["defect_set_s"])
+
+
 def main():
+    if "--render" in sys.argv:  # rewrite RESULTS.md from the last run's results/curation.json
+        res = json.loads((ROOT / "benchmarks/results/curation.json").read_text())
+        res["projection"]["hours"] = {int(k): v for k, v in res["projection"]["hours"].items()}
+        res["projection"]["days"] = {int(k): v for k, v in res["projection"]["days"].items()}
+        (ROOT / "benchmarks/RESULTS.md").write_text(render(res)); return
     res = dict(date=time.strftime("%Y-%m-%d"), machine=machine())
     with tempfile.TemporaryDirectory() as d:
         repo, res["cold"] = cold_repro(Path(d))
@@ -209,7 +251,7 @@ def main():
     out = ROOT / "benchmarks"
     (out / "results").mkdir(exist_ok=True)
     (out / "results" / "curation.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
-    (out / "RESULTS.md").write_text(write_results(res))
+    (out / "RESULTS.md").write_text(render(res))
     print((out / "RESULTS.md").read_text())
 
 
