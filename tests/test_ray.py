@@ -142,3 +142,27 @@ def test_task_error_reaches_the_driver(cluster):
     from medgen.executor import Executor
     with pytest.raises(ValueError, match="invalid literal"):
         Executor("ray", cluster).map(int, ["1", "x"], progress=False)
+
+
+def test_caption_step_on_two_nodes(cluster, selected, corpus, tmp_path):
+    "The caption stage's per-clip step (measures, grounded caption, the MiniLM refiner shipped to the workers): same table."
+    from medgen.core import load_params
+    from medgen.curate.caption import caption_clips
+    from medgen.curate.refine import VisibilityClassifier, load_refine_examples, load_sentence_encoder, refine_caption
+    from medgen.executor import Executor
+    cut = _segment(selected, corpus, tmp_path / "cut", Executor())
+    clips = pd.concat([cut.assign(clip_id=cut.clip_id + f"_copy{k}") for k in range(3)])  # six tasks: work for both nodes
+    p = load_params(ROOT / "params.yaml", "caption")
+    examples = load_refine_examples()
+    visibility = VisibilityClassifier(load_sentence_encoder("cpu"), C=p["refine"]["C"], seed=0).fit(examples.sentence, examples.visible)
+    refine = lambda cap: refine_caption(cap["detailed"], cap["provenance"], "classifier", visibility, p["refine"]["threshold"],
+                                        p["refine"]["scope"], None, examples, None)
+    kw = dict(n_frames=p["n_frames"], frame_side=p["frame_side"], motion_fps=p["motion_fps"], motion_side=p["motion_side"],
+              appearance=p["appearance"], brightness=p["brightness"], motion=p["motion"], refine_fn=refine, progress=False)
+    ray_ex = Executor("ray", cluster)
+    for kind, ex in [("local", Executor()), ("ray", ray_ex)]:
+        table, bad = caption_clips(clips, tmp_path / "cut" / "clips", executor=ex, **kw)
+        write_table(table, tmp_path / f"{kind}.parquet")
+    _both_nodes(ray_ex)
+    assert len(table) == len(clips) and not bad
+    assert sha256_file(tmp_path / "local.parquet") == sha256_file(tmp_path / "ray.parquet")
