@@ -65,7 +65,8 @@ class Executor:
             for x in items: pairs.append(_timed(fn, x)); bar.update()
         else:
             ray = ray_connect(self.address)
-            run = ray.remote(num_cpus=self.cpus_per_task, num_gpus=self.gpus_per_task)(_timed)
+            run = ray.remote(num_cpus=self.cpus_per_task, num_gpus=self.gpus_per_task,
+                             scheduling_strategy="SPREAD")(_timed)  # across the nodes, not the first one first
             fn_ref = ray.put(fn)  # shipped once, not once per task
             refs = [run.remote(fn_ref, x, "ray") for x in items]
             pending = list(refs)
