@@ -34,12 +34,19 @@ def ray_connect(address: str | None = None, # a Ray cluster ("host:port", "auto"
                 num_cpus: int | None = None, # CPUs of a Ray started here (None: all)
                ):
     "The `ray` module, connected (once per process) to the cluster at `address`."
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    # A Ray of this machine only: left alone, Ray advertises the host's address and listens on every interface. This
+    # variable (read when ray is imported; the constant below if it was imported already) keeps 127.0.0.1 as given.
+    if not address: os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
     if ray.is_initialized(): return ray
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    get_logger("medgen.executor").info("connecting to Ray at %s", address or "a new local instance")
-    ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False if not address else None,
-             log_to_driver=False, logging_level="WARNING", configure_logging=False)
+    get_logger("medgen.executor").info("connecting to Ray at %s", address or "a new local instance on 127.0.0.1")
+    if address: ray.init(address=address, log_to_driver=False, logging_level="WARNING", configure_logging=False)
+    else:
+        from ray._private import ray_constants
+        ray_constants.ENABLE_RAY_CLUSTER = False
+        ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
+                 logging_level="WARNING", configure_logging=False)
     return ray
 
 # %% ../nbs/04_executor.ipynb #84465ca3

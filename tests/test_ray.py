@@ -21,6 +21,11 @@ SECOND_NODE = ("import sys, ray._private.services as s; s.resolve_ip_for_localho
                "from ray.scripts.scripts import main; sys.argv = ['ray'] + sys.argv[1:]; main()")
 
 
+def _is_loopback(ip: str) -> bool:
+    a = ipaddress.ip_address(ip)
+    return (a.ipv4_mapped or a).is_loopback if a.version == 6 else a.is_loopback  # ::ffff:127.0.0.1 is loopback too
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind((LOOPBACK, 0)); return s.getsockname()[1]
@@ -71,10 +76,7 @@ def test_cluster_stays_on_loopback(cluster):
         if "ray" not in " ".join(p.info["cmdline"] or []): continue
         try: listening |= {c.laddr.ip for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
         except (psutil.AccessDenied, psutil.NoSuchProcess): pass
-    def loopback(ip):
-        a = ipaddress.ip_address(ip)
-        return (a.ipv4_mapped or a).is_loopback if a.version == 6 else a.is_loopback
-    assert listening and all(loopback(ip) for ip in listening), f"Ray listens beyond loopback: {listening}"
+    assert listening and all(_is_loopback(ip) for ip in listening), f"Ray listens beyond loopback: {listening}"
 
 
 def _both_nodes(executor):
@@ -166,3 +168,30 @@ def test_caption_step_on_two_nodes(cluster, selected, corpus, tmp_path):
     _both_nodes(ray_ex)
     assert len(table) == len(clips) and not bad
     assert sha256_file(tmp_path / "local.parquet") == sha256_file(tmp_path / "ray.parquet")
+
+
+LOCAL = """import ipaddress, psutil
+from medgen.executor import Executor, ray_connect
+ray = ray_connect(num_cpus=1)
+print(Executor("ray").map(abs, [-1, -2], progress=False))
+print(sorted({n["NodeManagerAddress"] for n in ray.nodes()}))
+me = {p.pid for p in psutil.Process().children(recursive=True)}
+ips = set()
+for p in psutil.process_iter(["pid"]):
+    if p.pid not in me: continue
+    try: ips |= {c.laddr.ip for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
+    except (psutil.AccessDenied, psutil.NoSuchProcess): pass
+print(sorted(ips))
+ray.shutdown()
+"""
+
+
+def test_a_ray_started_here_stays_on_loopback():
+    "`engine.executor: ray` with no address starts a Ray of this machine: it must not listen beyond 127.0.0.1 (left alone, it does)."
+    import ast
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", *RAY_ENV)}
+    r = subprocess.run([sys.executable, "-c", LOCAL], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result, nodes, ips = [ast.literal_eval(l) for l in r.stdout.strip().splitlines()[-3:]]
+    assert result == [1, 2] and nodes == [LOOPBACK]
+    assert ips and all(_is_loopback(ip) for ip in ips), f"a Ray started here listens beyond loopback: {ips}"
