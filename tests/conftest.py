@@ -61,19 +61,21 @@ EXPECTED_BAD = {"bad_zero_bytes": "unreadable", "bad_truncated": "unreadable", "
 @pytest.fixture(scope="session")
 def defect_set_of(corpus):
     """Build the filters' ground truth (medgen.curate.defects) once per session per (sources, defects): real clips decoded with
-    params.yaml's `defects` settings, defects injected with `common.seed`."""
+    params.yaml's `defects` settings (its parts: a source in neither list counts as calibration), defects injected with `common.seed`."""
     from medgen.core import load_params
-    from medgen.curate.defects import build_defect_set, load_sources
+    from medgen.curate.defects import build_defect_set, load_face_donors, load_sources
     p, seed = load_params(ROOT / "params.yaml", "defects"), load_params(ROOT / "params.yaml", "common")["seed"]
     cache = {}
 
     def make(sources=None, defects=None):
-        sources = tuple(sorted(sources or p["sources"]))
+        parts = {**{s: "calibration" for s in p["calibration_sources"]}, **{s: "evaluation" for s in p["evaluation_sources"]}}
+        sources = tuple(sorted(sources or parts))
         key = (sources, tuple(defects) if defects else None)
         if key not in cache:
             faces = tuple(s for s in p["natural_faces"] if s in sources)
             clips = load_sources(corpus, sources, fps=p["clip_fps"], duration_s=p["clip_seconds"], max_side=p["clip_max_side"])
-            cache[key] = build_defect_set(clips, seed=seed, fps=p["clip_fps"], defects=defects, progress=False,
-                                          face_donor=p["face_donor"] if p["face_donor"] in sources else None, natural_faces=faces)
+            donors = {part: load_face_donors(specs, corpus) for part, specs in p["face_donors"].items()}
+            cache[key] = build_defect_set(clips, seed=seed, fps=p["clip_fps"], defects=defects, progress=False, donors=donors,
+                                          parts={s: parts.get(s, "calibration") for s in sources}, natural_faces=faces)
         return cache[key]
     return make

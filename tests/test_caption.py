@@ -16,7 +16,7 @@ from medgen.curate.refine import VisibilityClassifier, load_refine_examples, ref
 from medgen.video import read_frames
 
 PAPER_PROMPT = ("The provided images are sampled from a medical video clip (8 evenly spaced frames).",
-                "Using the visual content of the clip, along with the title, description, and transcript, please generate a clear, "
+                "Using the visual content of the clip, along with the title, description, and clinical annotation, please generate a clear, "
                 "detailed, and accurate description of what is shown in this clip.")
 US_CLIP = "us_covid_blines_volpicelli_v2"
 
@@ -108,7 +108,8 @@ def test_openai_backend_sends_the_paper_prompt_and_eight_frames(us_clip, llm):
     text = [p["text"] for p in first["body"]["messages"][0]["content"] if p["type"] == "text"][0]
     for s in PAPER_PROMPT: assert s in text
     assert f"Video Title: {row['title']}" in text and row["description"] in text
-    assert "The transcript of this medical clip is as follows: Mild pleural irregularities, B-lines" in text  # note, de-duplicated
+    assert "The clinical annotation of this medical clip (written by the source's clinicians) is as follows: Mild pleural irregularities, B-lines" in text  # de-duplicated
+    assert "transcript" not in text
     assert bg in text
     # second turn: the detailed answer in the conversation, then the brief-caption request, no images again
     msgs = second["body"]["messages"]
@@ -269,9 +270,14 @@ def test_caption_clips_rejects_bad_files_and_is_deterministic(corpus, manifest, 
     assert list(t.clip_id) == sorted(rows.clip_id) and list(t.video_id) == [c + "_video" for c in sorted(rows.clip_id)]
     assert set(t.license) == set(rows.license)
     assert (t.caption_backend == "grounded").all() and (t.refine_backend == "minilm+logreg").all() and t.modality_agrees.all()
-    assert (t.detailed_words <= t.detailed_raw_words).all() and (t.brief_words < t.detailed_raw_words).all()
+    assert (t.caption_ophora_refined_words <= t.detailed_raw_words).all() and (t.caption_medgen_brief_words < t.detailed_raw_words).all()
+    assert (t.caption_bora_background_words > t.caption_medgen_detailed_words).all() and (t.background_sentences > 0).all()
     for _, r in t.iterrows():
         prov = json.loads(r.provenance)
-        assert r.detailed_caption == " ".join(p["sentence"] for p in prov if p["kept"])
+        for col in ("caption_medgen_detailed", "caption_ophora_refined", "caption_bora_background"):
+            assert r[col] == " ".join(p["text"] for p in prov if col in p["columns"])
         assert r.detailed_caption_raw == " ".join(p["sentence"] for p in prov)
+        bg = [p for p in prov if p["source"] == "background"]  # Bora keeps every background sentence; the others have none
+        assert bg and all(p["columns"] == ["caption_bora_background"] for p in bg)
+        assert r.title.lower() not in r.caption_medgen_brief.lower()
         assert prov[0]["sentence"].startswith(f"This {r.duration_s:.0f}-second clip shows")  # the stated modality opens the caption

@@ -38,8 +38,10 @@ def repo(tmp_path_factory, corpus):
     make_bad_corpus(dest / "data", corpus, good_ids=GOOD_IDS)
     rt = ruamel.yaml.YAML()  # a knob edit in the copy (the defect set's sources), comments kept as DVC keeps them
     with open(dest / "params.yaml") as f: params = rt.load(f)
-    params["defects"].update(sources=["us_normal_convex_182106", "us_covid_blines_volpicelli_v2", "neg_classroom", "neg_asl_eat", "neg_asl_help"],
-                             face_donor="neg_asl_eat", natural_faces=["neg_asl_help"])
+    params["defects"].update(calibration_sources=["us_normal_convex_182106", "neg_classroom", "neg_asl_help"],
+                             evaluation_sources=["us_covid_blines_volpicelli_v2", "neg_asl_eat"], natural_faces=["neg_asl_help", "neg_asl_eat"],
+                             face_donors={"calibration": [{"image": "skimage:astronaut", "face_box": [68, 178, 172, 278]}],
+                                          "evaluation": [{"image": "skimage:lfw:0", "face_box": [0, 25, 0, 25]}]})
     with open(dest / "params.yaml", "w") as f: rt.dump(params, f)
     assert "# every stage's random seed" in (dest / "params.yaml").read_text()
     return dest

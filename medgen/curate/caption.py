@@ -1,4 +1,4 @@
-"""Detailed and brief captions for every clip (MedGen §3.1), grounded on its frames, its metadata and its source dataset's background (Bora §3.2), every sentence with its provenance; narrative refining (Ophora §2.1) plugs in.
+"""One caption column per paper's recipe for every clip: MedGen's detailed and brief captions (§3.1), Ophora's narratively refined caption (§2.1) and Bora's caption with the source dataset's background (§3.2), grounded on the clip's frames and metadata, every sentence with its provenance.
 
 Docs: https://github.com/medgen-compendium/medgen/caption.html.md"""
 
@@ -6,7 +6,7 @@ Docs: https://github.com/medgen-compendium/medgen/caption.html.md"""
 
 # %% ../../nbs/17_caption.ipynb #92d772e6
 from __future__ import annotations
-import functools, json, math, re, time
+import functools, hashlib, json, math, re, time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -17,13 +17,15 @@ import yaml
 from ..core import get_logger, rejection
 from .caption_backends import CaptionError, mllm_caption, one_line, resource_path, split_sentences
 from .measures import measure_visual
+from .refine import VERDICT, clean_clauses
 from ..video import VideoError, read_frames, read_views
 
 # %% auto #0
 __all__ = ['STAGE', 'MODALITY_PHRASES', 'MODALITY_NOUNS', 'CAMERA_PHRASES', 'CAMERA_BRIEF', 'PACE_WORDS', 'LIGHT_WORDS',
-           'PAPER_WORDS_PER_DETAILED_CAPTION', 'CAPTION_COLUMNS', 'load_backgrounds', 'find_background', 'dedupe_note',
-           'clip_meta', 'visual_sentences', 'grounded_caption', 'caption_clip', 'word_count', 'word_stats',
-           'caption_row', 'caption_clips']
+           'BRIEF_TEMPLATES', 'PAPER_WORDS_PER_DETAILED_CAPTION', 'CAPTION_RECIPES', 'PAPER_CAPTION_COLUMNS',
+           'CAPTION_COLUMNS', 'load_backgrounds', 'find_background', 'dedupe_note', 'clip_meta', 'annotation_findings',
+           'visual_sentences', 'brief_one_liner', 'grounded_caption', 'caption_clip', 'word_count', 'word_stats',
+           'recipe_captions', 'caption_row', 'caption_clips']
 
 # %% ../../nbs/17_caption.ipynb #c482c280
 STAGE = "caption"
@@ -66,11 +68,31 @@ def dedupe_note(
 # %% ../../nbs/17_caption.ipynb #eb331ebb
 def clip_meta(
     row: Mapping, # a clip row: clip_id, title, description, clinical_note, source, modality, duration_s
-) -> dict: # clip_id, title, description, transcript, source, modality, duration_s
-    "The captioner's view of one clip: title, description, transcript (= the de-duplicated clinical_note), source and clip facts."
+) -> dict: # clip_id, title, description, clinical_annotation, source, modality, duration_s
+    "The captioner's view of one clip: title, description, clinical annotation (= the de-duplicated clinical_note), source and clip facts."
     return dict(clip_id=one_line(row.get("clip_id")), title=one_line(row.get("title")), description=one_line(row.get("description")),
-                transcript=dedupe_note(row.get("clinical_note")), source=one_line(row.get("source")),
+                clinical_annotation=dedupe_note(row.get("clinical_note")), source=one_line(row.get("source")),
                 modality=one_line(row.get("modality")), duration_s=float(row.get("duration_s") or 0.0))
+
+# %% ../../nbs/17_caption.ipynb #d3c0c514
+def _lower_first(s: str) -> str:
+    "Lower-case a sentence-initial capital (`Consolidation`, `A very small …`), not an acronym or a name like `A-lines`."
+    return s[0].lower() + s[1:] if re.match(r"(?:A|An|The)\s|[A-Z][a-z]", s) else s
+
+def annotation_findings(
+    annotation: str, # a clinical annotation (`clip_meta`'s `clinical_annotation`)
+) -> dict: # findings (lower-cased first letter, in order), edits (the clause rules that fired)
+    "The findings of a clinical annotation, hedges and interpretations removed."
+    findings, edits = [], []
+    for part in one_line(annotation).split(";"):
+        c = clean_clauses(part.strip(" ."))
+        edits += c["edits"]
+        for f in (x.strip(" .") for x in c["text"].split(",")):
+            if re.fullmatch(VERDICT, f, flags=re.I): edits.append("verdict"); continue
+            if f and _lower_first(f).lower() not in {g.lower() for g in findings}: findings.append(_lower_first(f))
+    return dict(findings=findings, edits=edits)
+
+def _and(items: Sequence[str]) -> str: return ", ".join(items[:-1]) + " and " + items[-1] if len(items) > 1 else "".join(items)
 
 # %% ../../nbs/17_caption.ipynb #ac2d2edd
 MODALITY_PHRASES = {"ultrasound": "ultrasound imaging", "microscopy": "microscopy imaging", "animal_behaviour": "an animal behaviour recording",
@@ -81,14 +103,20 @@ MODALITY_NOUNS = {"ultrasound": "ultrasound", "microscopy": "microscopy", "anima
 CAMERA_PHRASES = {"static": "The camera stays still.", "pan_left": "The camera pans {speed}to the left.", "pan_right": "The camera pans {speed}to the right.",
                   "pan_up": "The camera tilts {speed}upwards.", "pan_down": "The camera tilts {speed}downwards.",
                   "zoom_in": "The camera zooms in {speed}on the centre of the frame.", "zoom_out": "The camera zooms out {speed}from the centre of the frame."}
-CAMERA_BRIEF = {"static": "a still camera", "pan_left": "the camera panning left", "pan_right": "the camera panning right",
-                "pan_up": "the camera tilting up", "pan_down": "the camera tilting down", "zoom_in": "the camera zooming in", "zoom_out": "the camera zooming out"}
+CAMERA_BRIEF = {  # camera motion: (noun phrases, after "with"), (clauses); the brief caption picks one of each by the clip id
+    "static": (["a still camera", "a fixed view", "a steady, unmoving view"], ["the image holds still", "the view stays fixed"]),
+    "pan_left": (["the camera panning left", "a pan to the left"], ["the view pans to the left"]),
+    "pan_right": (["the camera panning right", "a pan to the right"], ["the view pans to the right"]),
+    "pan_up": (["the camera tilting up", "an upward tilt"], ["the view tilts upwards"]),
+    "pan_down": (["the camera tilting down", "a downward tilt"], ["the view tilts downwards"]),
+    "zoom_in": (["the camera zooming in", "a zoom towards the centre"], ["the view zooms in"]),
+    "zoom_out": (["the camera zooming out", "a zoom away from the centre"], ["the view zooms out"])}
 PACE_WORDS = {"slow": "slowly ", "steady": "steadily ", "fast": "quickly "}
 LIGHT_WORDS = {"dark": "dark", "medium": "of medium brightness", "bright": "bright"}
 
 def _end(s: str) -> str: return s if s[-1:] in ".!?" else s + "."
 
-def _article(word: str) -> str: return "An" if word[:1].lower() in "aeiou" else "A"
+def _article(word: str) -> str: return "An" if word[:1].lower() in "aeiou" or re.match(r"8|1[18](?!\d)", word) else "A"
 
 # %% ../../nbs/17_caption.ipynb #88670c19
 def visual_sentences(
@@ -114,42 +142,84 @@ def visual_sentences(
     elif change == "fluctuating": out.append(("The overall brightness fluctuates during the clip.", "measured:brightness"))
     return out
 
+# %% ../../nbs/17_caption.ipynb #d826e745
+def _a(phrase: str) -> str: return f"{_article(phrase).lower()} {phrase}"
+
+def _brief_0(x): # A 6-second grayscale ultrasound clip showing F, with a still camera and moderate movement in ...
+    tail = " and ".join(t for t in [x["cam_np"], x["mot"]] if t)
+    return _a(f"{x['dur']}{x['head']} clip") + (f" showing {x['find']}" if x["find"] else "") + (f", with {tail}" if tail else "")
+
+def _brief_1(x): # Grayscale ultrasound view of F; the image holds still, with moderate movement in ...
+    tail = x["cam_vp"] + (f", with {x['mot']}" if x["cam_vp"] and x["mot"] else x["mot"] if x["mot"] else "")
+    return f"{x['head']} view" + (f" of {x['find']}" if x["find"] else "") + (f"; {tail}" if tail else "")
+
+def _brief_2(x): # A still camera on a grayscale ultrasound image showing F, with moderate movement in ...
+    if not x["cam_np"]: return _brief_0(x)
+    return f"{x['cam_np']} on " + _a(f"{x['head']} image") + (f" showing {x['find']}" if x["find"] else "") + (f", with {x['mot']}" if x["mot"] else "")
+
+def _brief_3(x): # F seen in a 6-second grayscale ultrasound clip with moderate movement in ..., while the image holds still
+    if not x["find"]: return _brief_1(x)
+    return f"{x['find']} seen in " + _a(f"{x['dur']}{x['head']} clip") + (f" with {x['mot']}" if x["mot"] else "") + (f", while {x['cam_vp']}" if x["cam_vp"] else "")
+
+BRIEF_TEMPLATES = [_brief_0, _brief_1, _brief_2, _brief_3]
+
+def brief_one_liner(
+    clip_id: str, # seeds the choice of template and phrasing (SHA-256: the same on every machine and run)
+    visual: Mapping, # measured attributes, with `modality_stated` when known
+    findings: Sequence[str] = (), # the annotated findings (`annotation_findings`); the first two are named when short
+    duration_s: float = 0.0, # clip duration, s (0: not said)
+) -> dict: # brief (one sentence), template (its index), sources (provenance of its parts)
+    "A one-sentence caption from measured attributes and annotated findings only, phrased by the clip id."
+    stated = visual.get("modality_stated")
+    noun = MODALITY_NOUNS.get(stated, (stated or "").replace("_", "-")) if stated else "video"
+    look = ("grayscale" if visual.get("is_grayscale") else "colour") if "is_grayscale" in visual else ""
+    r = int(hashlib.sha256(str(clip_id).encode()).hexdigest(), 16)
+    k, r = r % len(BRIEF_TEMPLATES), r // len(BRIEF_TEMPLATES)
+    nps, vps = CAMERA_BRIEF.get(visual.get("camera_motion"), ([], []))
+    level, region = visual.get("motion_level"), visual.get("motion_region")
+    mot = f"{level} movement" if level in ("little", "moderate", "strong") else ""
+    if mot and level != "little" and region not in (None, "spread", "unknown"): mot += f" in the {region} part of the frame"
+    find = _and(list(findings[:2])) if len(" ".join(findings[:2]).split()) <= 10 else (findings[0] if findings else "")
+    x = dict(head=" ".join(w for w in [look, noun] if w), dur=f"{duration_s:.0f}-second " if duration_s >= 0.5 else "", find=find, mot=mot,
+             cam_np=nps[r % len(nps)] if nps else "", cam_vp=vps[(r // 7) % len(vps)] if vps else "")
+    s = BRIEF_TEMPLATES[k](x)
+    sources = sorted({"measured:modality" if stated else "clip"} | ({"measured:appearance"} if look else set()) |
+                     ({"measured:camera"} if nps else set()) | ({"measured:motion"} if mot else set()) |
+                     ({"metadata:clinical_note"} if find else set()))
+    return dict(brief=_end(s[0].upper() + s[1:]), template=k, sources=sources)
+
 # %% ../../nbs/17_caption.ipynb #0e96c94a
 def grounded_caption(
     meta: Mapping, # the clip's metadata (`clip_meta`)
     visual: Mapping, # measured attributes, with `modality_stated` (see `medgen.curate.modality.stated_modality`) when known
     background: str | None = None, # the source dataset's background, or None
-) -> dict: # detailed, brief, backend, provenance [{sentence, source}], brief_sources
-    "Detailed and brief caption from metadata (verbatim) and measured attributes, with each sentence's source."
-    sents = []
-    title, desc, note = one_line(meta.get("title")), one_line(meta.get("description")), one_line(meta.get("transcript"))
+) -> dict: # detailed (raw), brief, backend, provenance [{sentence, source, text, edits}], brief_sources, findings
+    "Raw detailed caption from metadata (verbatim) and measured attributes, each sentence with its source and cleaned text; the brief caption."
+    sents = []  # (raw sentence, source, cleaned text, edits)
+    title, desc, note = one_line(meta.get("title")), one_line(meta.get("description")), one_line(meta.get("clinical_annotation"))
     dur = float(meta.get("duration_s") or 0)
     stated = visual.get("modality_stated")
     phrase = MODALITY_PHRASES.get(stated, stated.replace("_", " ")) if stated else None
     length = f"{dur:.0f}-second " if dur >= 0.5 else ""
-    if phrase: sents.append((f"This {length}clip shows {phrase}.", "measured:modality"))
-    else: sents.append((f"This is a {length}video clip.", "clip"))
-    if title: sents.append((f"It comes from a video titled “{title.rstrip('.')}”.", "metadata:title"))
+    if phrase: sents.append((f"This {length}clip shows {phrase}.", "measured:modality", None, []))
+    else: sents.append((f"This is a {length}video clip.", "clip", None, []))
+    if title: sents.append((f"It comes from a video titled “{title.rstrip('.')}”.", "metadata:title", None, []))
     if desc and desc.lower().rstrip(".") != title.lower().rstrip("."):
         parts = split_sentences(desc)
-        if len(parts) == 1 and len(parts[0].split()) <= 2: sents.append((f"The video description reads “{parts[0].rstrip('.')}”.", "metadata:description"))
-        else: sents += [(_end(p), "metadata:description") for p in parts]
-    if note: sents.append((f"The accompanying note reads “{note.rstrip('.')}”.", "metadata:clinical_note"))
-    sents += visual_sentences(visual)
-    if background: sents += [(s, "background") for s in split_sentences(background)]
-    # brief: one sentence, measured look + title
-    noun = MODALITY_NOUNS.get(stated, (stated or "").replace("_", "-")) if phrase else "video"
-    look = ("grayscale" if visual.get("is_grayscale") else "colour") if "is_grayscale" in visual else ""
-    head = " ".join(w for w in [look, noun, "clip"] if w)
-    brief = f"{_article(head)} {head}"
-    extras = [CAMERA_BRIEF[visual["camera_motion"]]] if visual.get("camera_motion") in CAMERA_BRIEF else []
-    if visual.get("motion_level") in ("little", "moderate", "strong"): extras.append(f"{visual['motion_level']} movement")
-    if extras: brief += " with " + " and ".join(extras)
-    if title: brief += f", from a video titled “{title.rstrip('.')}”"
-    brief_sources = sorted({"measured:modality" if phrase else "clip", "measured:appearance", "measured:camera", "measured:motion"} |
-                           ({"metadata:title"} if title else set()))
-    return dict(detailed=" ".join(s for s, _ in sents), brief=brief + ".", backend="grounded",
-                provenance=[dict(sentence=s, source=src) for s, src in sents], brief_sources=brief_sources)
+        if len(parts) == 1 and len(parts[0].split()) <= 2:
+            c = clean_clauses(parts[0])
+            raw = f"The video description reads “{parts[0].rstrip('.')}”."
+            sents.append((raw, "metadata:description", raw if c["text"] else "", c["edits"]))
+        else: sents += [(_end(p), "metadata:description", _end(c["text"]) if c["text"] else "", c["edits"]) for p in parts for c in [clean_clauses(p)]]
+    found = annotation_findings(note)
+    if note: sents.append((f"The clinical annotation reads “{note.rstrip('.')}”.", "metadata:clinical_note",
+                           f"Annotated findings: {_and(found['findings'])}." if found["findings"] else "", found["edits"]))
+    sents += [(s, src, None, []) for s, src in visual_sentences(visual)]
+    if background: sents += [(s, "background", None, []) for s in split_sentences(background)]
+    brief = brief_one_liner(meta.get("clip_id", ""), visual, found["findings"], dur)
+    return dict(detailed=" ".join(s for s, *_ in sents), brief=brief["brief"], backend="grounded",
+                provenance=[dict(sentence=s, source=src, text=s if t is None else t, edits=e) for s, src, t, e in sents],
+                brief_sources=brief["sources"], findings=found["findings"])
 
 # %% ../../nbs/17_caption.ipynb #45d7782a
 def caption_clip(
@@ -185,13 +255,54 @@ def word_stats(
     if not len(n): return dict(n=0, mean=None, median=None, min=None, max=None)
     return dict(n=int(len(n)), mean=round(float(n.mean()), 2), median=float(np.median(n)), min=int(n.min()), max=int(n.max()))
 
+# %% ../../nbs/17_caption.ipynb #f22b8bcf
+CAPTION_RECIPES = {  # column: how it is made (the dataset card prints these)
+    "caption_medgen_detailed": "MedGen §3.1: a description of what is visible (8 frames; title, description and clinical annotation as context), hedges and interpretive clauses stripped",
+    "caption_medgen_brief": "MedGen §3.1: one sentence from the measured attributes and annotated findings (phrasing chosen by the clip id), no title",
+    "caption_ophora_refined": "Ophora §2.1: the narrative caption with hedges and interpretations stripped, then every sentence not describing visible content removed by the refiner",
+    "caption_bora_background": "Bora §3.2: MedGen's detailed description plus the source dataset's background knowledge, kept whole",
+}
+PAPER_CAPTION_COLUMNS = {"medgen": "caption_medgen_detailed", "ophora": "caption_ophora_refined", "bora": "caption_bora_background"}  # paper: its training caption
+
+def _narrative(source: str) -> bool: return not (source.startswith("measured:") or source in ("clip", "background"))
+
+def recipe_captions(
+    cap: Mapping, # a captioner's output: detailed, brief, backend, provenance [{sentence, source, (text, edits)}]
+    background: str | None = None, # the source dataset's background (Bora §3.2), or None
+    refine_fn: Callable | None = None, # caption dict -> dict(refined, removed, backend, kept_raw) (Ophora §2.1); None: nothing removed
+) -> dict: # the four caption columns, raw, provenance [{sentence, source, text, edits, columns}], refine (the refiner's answer)
+    "The caption of every paper's recipe from one captioner's output, each sentence marked with the columns it is in."
+    prov = []
+    for p in cap["provenance"]:
+        e = dict(sentence=p["sentence"], source=p["source"])
+        if "text" in p: e |= dict(text=p["text"], edits=list(p.get("edits", [])))
+        else: e |= clean_clauses(p["sentence"]) if _narrative(p["source"]) else dict(text=p["sentence"], edits=[])
+        prov.append(e)
+    prov += [dict(sentence=s, source="background", text=s, edits=[]) for s in split_sentences(background or "")]
+    cand = [e for e in prov if e["source"] != "background" and e["text"]]
+    ophora = dict(detailed=" ".join(e["text"] for e in cand), brief=cap.get("brief", ""), backend=cap.get("backend", ""),
+                  provenance=[dict(sentence=e["text"], source=e["source"]) for e in cand])
+    ref = refine_fn(ophora) if refine_fn else dict(refined=ophora["detailed"], removed=[], backend="none", kept_raw=False)
+    removed = set() if ref.get("kept_raw") else {r["sentence"] for r in ref["removed"]}
+    for e in prov:
+        medgen = bool(e["text"]) and e["source"] not in ("metadata:title", "background")
+        e["columns"] = [c for c, inside in [("caption_medgen_detailed", medgen),
+                                            ("caption_ophora_refined", bool(e["text"]) and e["source"] != "background" and e["text"] not in removed),
+                                            ("caption_bora_background", medgen or e["source"] == "background")] if inside]
+    joined = lambda col: " ".join(e["text"] for e in prov if col in e["columns"])
+    brief = cap.get("brief", "") if cap.get("backend") == "grounded" else (clean_clauses(cap.get("brief", ""))["text"] or cap.get("brief", ""))
+    return dict(caption_medgen_detailed=joined("caption_medgen_detailed"), caption_medgen_brief=brief,
+                caption_ophora_refined=joined("caption_ophora_refined"), caption_bora_background=joined("caption_bora_background"),
+                raw=" ".join(e["sentence"] for e in prov), provenance=prov, refine=ref)
+
 # %% ../../nbs/17_caption.ipynb #71c55329
 def _r(x, nd=5):
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(float(x), nd)
 
-CAPTION_COLUMNS = ['clip_id', 'video_id', 'start_s', 'end_s', 'duration_s', 'detailed_caption', 'detailed_caption_raw', 'brief_caption',
-                   'detailed_words', 'detailed_raw_words', 'brief_words', 'caption_backend', 'refine_backend',
-                   'refine_kept_raw', 'sentences_raw', 'sentences_removed', 'provenance', 'removed_sentences',
+CAPTION_COLUMNS = ['clip_id', 'video_id', 'start_s', 'end_s', 'duration_s', *CAPTION_RECIPES, 'detailed_caption_raw',
+                   *(f"{c}_words" for c in CAPTION_RECIPES), 'detailed_raw_words', 'caption_backend', 'refine_backend',
+                   'refine_kept_raw', 'sentences_raw', 'sentences_removed', 'background_sentences', 'clause_edits',
+                   'provenance', 'removed_sentences',
                    'background_source', 'camera_motion', 'camera_speed', 'pan_dx', 'pan_dy', 'zoom_rate',
                    'camera_inliers', 'motion_level', 'motion_mean', 'motion_region', 'modality_pred', 'modality_prob',
                    'modality_backend', 'modality_metadata', 'modality_agrees', 'brightness', 'contrast',
@@ -206,7 +317,7 @@ def caption_row(
     modality_fn: Callable | None = None, refine_fn: Callable | None = None, backgrounds: Sequence[Mapping] = (),
     prompts: Mapping | None = None, # as `caption_clips`
 ) -> tuple[dict | None, dict | None, float]: # (caption row, None) or (None, rejection row); seconds spent
-    "The pure per-clip step of the caption stage: read the clip once, measure it, caption and refine."
+    "The pure per-clip step of the caption stage: read the clip once, measure it, caption, and make every paper's caption."
     from medgen.curate.filters import clip_info
     log = get_logger("medgen.curate.caption")
     cid, vid, t0 = row["clip_id"], row["video_id"], time.perf_counter()
@@ -223,18 +334,19 @@ def caption_row(
     meta = clip_meta(row)
     bg = find_background(meta["source"], backgrounds)
     if bg is None: log.warning("no background for %s (source %r)", cid, meta["source"])
-    try: cap = caption_clip(frames, meta, bg["background"] if bg else None, client, visual, prompts)
+    try: cap = caption_clip(frames, meta, None, client, visual, prompts)  # the background joins Bora's column in recipe_captions
     except CaptionError as e:
         log.warning("caption failed for %s: %s", cid, e); return None, rejection(vid, STAGE, "caption_failed", str(e), clip_id=cid), 0.0
-    ref = refine_fn(cap) if refine_fn else dict(refined=cap["detailed"], removed=[], backend="none", kept_raw=False)
-    removed = {p["sentence"] for p in ref["removed"]}
-    prov = [p | {"kept": p["sentence"] not in removed} for p in cap["provenance"]]
+    rec = recipe_captions(cap, bg["background"] if bg else None, refine_fn)
+    prov, ref = rec["provenance"], rec["refine"]
     out = row | dict(  # the clip's own columns (its file, source video, licence, ...) travel on
         clip_id=cid, video_id=vid, start_s=_r(row.get("start_s")), end_s=_r(row.get("end_s")), duration_s=_r(row.get("duration_s")),
-        detailed_caption=ref["refined"], detailed_caption_raw=cap["detailed"], brief_caption=cap["brief"],
-        detailed_words=word_count(ref["refined"]), detailed_raw_words=word_count(cap["detailed"]), brief_words=word_count(cap["brief"]),
+        **{c: rec[c] for c in CAPTION_RECIPES}, detailed_caption_raw=rec["raw"],
+        **{f"{c}_words": word_count(rec[c]) for c in CAPTION_RECIPES}, detailed_raw_words=word_count(rec["raw"]),
         caption_backend=cap["backend"], refine_backend=ref["backend"], refine_kept_raw=bool(ref.get("kept_raw", False)),
         sentences_raw=len(prov), sentences_removed=len(ref["removed"]),
+        background_sentences=sum("caption_bora_background" in p["columns"] for p in prov if p["source"] == "background"),
+        clause_edits=json.dumps([dict(sentence=p["sentence"], text=p["text"], edits=p["edits"]) for p in prov if p["edits"]], ensure_ascii=False),
         provenance=json.dumps(prov, ensure_ascii=False), removed_sentences=json.dumps(ref["removed"], ensure_ascii=False),
         background_source=bg["name"] if bg else "",
         camera_motion=visual["camera_motion"], camera_speed=_r(visual["camera_speed"]), pan_dx=_r(visual["pan_dx"]),
@@ -263,7 +375,7 @@ def caption_clips(
     motion: Mapping | None = None, # keyword arguments of `measure_motion` (params `caption.motion`)
     seed: int = 0, # RANSAC's seed (camera motion)
     modality_fn: Callable | None = None, # (frames, clip row) -> dict(modality_pred, modality_prob, modality_backend, modality_stated)
-    refine_fn: Callable | None = None, # caption dict -> dict(refined, removed, backend, kept_raw) (`medgen.curate.refine`)
+    refine_fn: Callable | None = None, # caption dict -> dict(refined, removed, backend, kept_raw) (`medgen.curate.refine`): Ophora's column
     backgrounds: Sequence[Mapping] | None = None, # source backgrounds; None: `load_backgrounds()`
     prompts: Mapping | None = None, # prompt templates for an MLLM; None: `load_prompts()`
     progress: bool = True, # show a progress bar

@@ -61,14 +61,14 @@ def load_prompts(
 
 # %% ../../nbs/16_caption_backends.ipynb #ee346bfb
 def caption_prompt(
-    meta: Mapping, # the clip's metadata: title, description, transcript
+    meta: Mapping, # the clip's metadata: title, description, clinical_annotation
     background: str | None, # the source dataset's background text, or None
     prompts: Mapping, # the prompt templates (`load_prompts`)
 ) -> str: # the first turn's text
-    "MedGen's caption prompt filled with title, description, transcript, plus Bora's background block."
+    "MedGen's caption prompt filled with title, description, clinical annotation, plus Bora's background block."
     block = prompts["background_block"].format(background=background).strip() + "\n" if background else ""
     return prompts["detailed"].format(title=one_line(meta.get("title")) or "(none)", description=one_line(meta.get("description")) or "(none)",
-                                      transcript=one_line(meta.get("transcript")) or "(none)", background_block=block)
+                                      clinical_annotation=one_line(meta.get("clinical_annotation")) or "(none)", background_block=block)
 
 # %% ../../nbs/16_caption_backends.ipynb #a101b264
 def encode_image(
@@ -209,7 +209,7 @@ class LocalVLM:
 # %% ../../nbs/16_caption_backends.ipynb #e0e36e69
 def caption_messages(
     frames: np.ndarray, # the caption frames `(T,H,W,3)`
-    meta: Mapping, # title, description, transcript
+    meta: Mapping, # title, description, clinical_annotation
     background: str | None, # the source dataset's background, or None
     prompts: Mapping, # the prompt templates
     client, # an `OpenAIClient` or `LocalVLM` (for its image parts)
@@ -221,7 +221,7 @@ def caption_messages(
 # %% ../../nbs/16_caption_backends.ipynb #213dc76a
 def mllm_caption(
     frames: np.ndarray, # the caption frames `(T,H,W,3)`
-    meta: Mapping, # title, description, transcript
+    meta: Mapping, # title, description, clinical_annotation
     background: str | None, # the source dataset's background, or None
     client, # an `OpenAIClient` or `LocalVLM`
     prompts: Mapping | None = None, # the prompt templates; None: `load_prompts()`

@@ -15,6 +15,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from ..core import get_logger, rejection, rejections_frame
+from .caption import CAPTION_RECIPES
 from ..video import VideoError, probe_video
 
 # %% auto #0
@@ -66,7 +67,7 @@ def count_funnel(stages: list[str], # the chain's stages in order (`medgen.stage
 # %% ../../nbs/30_dataset.ipynb #f79ec2a3
 STAGE = "dataset"
 
-REQUIRED_CLIP_COLUMNS = ["clip_id", "video_id", "start_s", "end_s", "brief_caption", "detailed_caption", "camera_motion",
+REQUIRED_CLIP_COLUMNS = ["clip_id", "video_id", "start_s", "end_s", *CAPTION_RECIPES, "camera_motion",
                          "aesthetic_score", "aesthetic_backend", "technical_score", "technical_backend", "license", "source", "doi"]
 
 # Every column of metadata.csv, in order, with what it holds (the card prints this table).
@@ -92,10 +93,8 @@ METADATA_FIELDS = {
     "aesthetic_backend": "the model or algorithm that produced `aesthetic_score`",
     "technical_score": "technical quality score of the technical filter (MedGen: DOVER)",
     "technical_backend": "the model or algorithm that produced `technical_score`",
-    "brief_caption": "brief caption",
-    "detailed_caption": "detailed caption",
-    "brief_words": "words in the brief caption",
-    "detailed_words": "words in the detailed caption",
+    **CAPTION_RECIPES,  # one caption column per paper's recipe, with how it is made (medgen.curate.caption)
+    **{f"{c}_words": f"words in `{c}`" for c in CAPTION_RECIPES},
     "privacy_clean": "True when the privacy filter flagged nothing (the clip is in the privacy-clean subset)",
     "privacy_backend": "the detector(s) behind the privacy flag",
     "license": "the source video's licence, carried unchanged",
@@ -147,8 +146,7 @@ def package_clips(clips: pd.DataFrame, clips_dir: str | Path, out_dir: str | Pat
                          label=rec.get("label", ""), domain=rec.get("domain", ""), camera_motion=rec["camera_motion"],
                          aesthetic_score=round(float(rec["aesthetic_score"]), 4), aesthetic_backend=rec["aesthetic_backend"],
                          technical_score=round(float(rec["technical_score"]), 4), technical_backend=rec["technical_backend"],
-                         brief_caption=rec["brief_caption"], detailed_caption=rec["detailed_caption"],
-                         brief_words=_words(rec["brief_caption"]), detailed_words=_words(rec["detailed_caption"]),
+                         **{c: rec[c] for c in CAPTION_RECIPES}, **{f"{c}_words": _words(rec[c]) for c in CAPTION_RECIPES},
                          privacy_clean=not (pd.notna(flag) and bool(flag)), privacy_backend=rec.get("privacy_backend", ""),
                          license=rec["license"], source=rec["source"], doi=rec["doi"] if isinstance(rec["doi"], str) else ""))
     for b in bad: log.warning("dataset: %s left: %s (%s)", b["clip_id"], b["reason"], b["detail"])
@@ -280,10 +278,10 @@ def plot_statistics(meta: pd.DataFrame, reached: dict[str, pd.Series] | None = N
     axes[0].invert_yaxis(); axes[0].set_xlabel("clips"); axes[0].set_title("(a) category, split by label", fontsize=9)
     axes[0].set_xlim(0, max(left.max(), 1) * 1.12) if len(left) else None
     if len(tab.columns): axes[0].legend(fontsize=6.5, title="label", title_fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3)
-    words = pd.concat([meta.detailed_words, meta.brief_words]) if len(meta) else pd.Series([0])
+    words = pd.concat([meta[f"{c}_words"] for c in CAPTION_RECIPES]) if len(meta) else pd.Series([0])
     bins = np.linspace(0, max(int(words.max()), 1) + 5, 25)
-    axes[1].hist(meta.detailed_words, bins=bins, alpha=0.7, label=f"detailed (mean {meta.detailed_words.mean():.0f})")
-    axes[1].hist(meta.brief_words, bins=bins, alpha=0.7, label=f"brief (mean {meta.brief_words.mean():.0f})")
+    for c in CAPTION_RECIPES:  # one histogram per caption column
+        axes[1].hist(meta[f"{c}_words"], bins=bins, alpha=0.55, label=f"{c.removeprefix('caption_')} (mean {meta[f'{c}_words'].mean():.0f})")
     axes[1].set_xlabel("words per caption"); axes[1].set_ylabel("clips"); axes[1].legend(fontsize=7); axes[1].set_title("(b) caption word counts", fontsize=9)
     dmax = max(float(meta.duration_s.max()) if len(meta) else 1, 1)
     axes[2].hist(meta.duration_s, bins=np.arange(0, np.ceil(dmax) + 1.5, 1), color="tab:purple", edgecolor="white")
@@ -371,7 +369,7 @@ def dataset_card(meta: pd.DataFrame, funnel: pd.DataFrame, backends: dict[str, l
            .reset_index().sort_values(["clips", "license"], ascending=[False, True]))
     nc_note = _noncommercial_notes(lic, videos_acc, video_licences)
     cats = meta.groupby("category").agg(clips=("name", "size"), minutes=("duration_s", lambda s: round(s.sum() / 60, 2))).reset_index()
-    num = meta[["duration_s", "fps", "width", "height", "bitrate", "aesthetic_score", "technical_score", "brief_words", "detailed_words"]]
+    num = meta[["duration_s", "fps", "width", "height", "bitrate", "aesthetic_score", "technical_score", *(f"{c}_words" for c in CAPTION_RECIPES)]]
     stats = num.astype(float).describe().T[["mean", "min", "50%", "max"]].rename(columns={"50%": "median"}).reset_index().rename(columns={"index": "field"})
     fun = funnel[["step", "stage", "unit_in", "n_in", "n_removed", "n_kept", "unit_out", "n_out", "n_flagged", "reasons"]]
     fields = pd.DataFrame({"field": list(METADATA_FIELDS), "meaning": list(METADATA_FIELDS.values())})
@@ -384,7 +382,8 @@ def dataset_card(meta: pd.DataFrame, funnel: pd.DataFrame, backends: dict[str, l
 
 A rebuild of MedVideoCap-55K's curation (MedGen, Wang et al. 2025, §3) by the MedGen compendium, run on the
 compendium's sample corpus: **{n} clips, {hours * 60:.1f} minutes** from {meta.video_id.nunique()} source videos, each with a
-brief and a detailed caption, its measured resolution, bitrate, frame rate and duration, its aesthetic and technical
+caption per paper's recipe (MedGen's detailed and brief captions, Ophora's refined one, Bora's with background knowledge:
+how each is made is in the fields table), its measured resolution, bitrate, frame rate and duration, its aesthetic and technical
 quality scores (with the backend that produced them), its camera motion, category, licence and source.
 **{clean} of {n}** clips form the privacy-clean subset (Ophora's Privacy-Clean analogue): the privacy filter flagged no face
 and no overlaid text in them.
@@ -456,8 +455,7 @@ def dataset_metrics(meta: pd.DataFrame, funnel: pd.DataFrame, videos_acc: pd.Dat
              bytes=int(meta.size_bytes.sum()),
              by_category={str(k): int(v) for k, v in meta.category.value_counts().sort_index().items()},
              by_licence={str(k): int(v) for k, v in meta.license.value_counts().sort_index().items()},
-             mean_words=dict(detailed=round(float(meta.detailed_words.mean()), 2) if len(meta) else None,
-                             brief=round(float(meta.brief_words.mean()), 2) if len(meta) else None),
+             mean_words={c: round(float(meta[f"{c}_words"].mean()), 2) if len(meta) else None for c in CAPTION_RECIPES},
              funnel={r.stage: dict(unit_in=r.unit_in, n_in=int(r.n_in), removed=int(r.n_removed), kept=int(r.n_kept),
                                    unit_out=r.unit_out, n_out=int(r.n_out), flagged=int(r.n_flagged))
                      for r in funnel.itertuples()})

@@ -18,10 +18,10 @@ from ..core import get_logger, project_root
 from ..video import read_frames, write_video
 
 # %% auto #0
-__all__ = ['SIDES', 'BORDER_SIDES', 'FONT', 'DEFECTS', 'load_sources', 'add_border', 'side_extent', 'border_visible', 'draw_text',
-           'subtitle_lines', 'add_subtitles', 'add_watermark', 'blur', 'add_noise', 'jpeg', 'h264', 'darken', 'jitter',
-           'make_static', 'make_jumpy', 'face_crop_box', 'add_face', 'expected_decisions', 'source_is_static',
-           'DefectSet', 'inject', 'build_defect_set', 'write_defect_set', 'load_defect_set']
+__all__ = ['SIDES', 'BORDER_SIDES', 'FONT', 'DEFECTS', 'PARTS', 'load_sources', 'add_border', 'side_extent', 'border_visible',
+           'draw_text', 'subtitle_lines', 'add_subtitles', 'add_watermark', 'blur', 'add_noise', 'jpeg', 'h264',
+           'darken', 'jitter', 'make_static', 'make_jumpy', 'load_face_donors', 'add_face', 'expected_decisions',
+           'source_is_static', 'DefectSet', 'inject', 'build_defect_set', 'write_defect_set', 'load_defect_set']
 
 # %% ../../nbs/20_defects.ipynb #6a4d8eba
 def load_sources(corpus_dir: str | Path, video_ids, fps: float = 8.0, duration_s: float = 4.0, max_side: int = 256,
@@ -183,26 +183,53 @@ def make_jumpy(frames, others: list[np.ndarray], level: int, rng: np.random.Gene
     return np.stack(out)
 
 # %% ../../nbs/20_defects.ipynb #288d3891
-def face_crop_box(donor: np.ndarray, widen: float = 2.2) -> tuple[int, int, int, int]:
-    "A head-and-shoulders box `(r0, r1, c0, c1)` around the largest face on the donor clip's first frame."
-    from medgen.curate.privacy import detect_faces
-    faces = detect_faces(donor[0])
-    if not faces: raise ValueError("no face found on the donor clip's first frame")
-    f = faces[0]; cy, cx, s = f["r"] + f["h"] / 2, f["c"] + f["w"] / 2, max(f["w"], f["h"]) * widen
-    H, W = donor.shape[1:3]
-    r0, c0 = int(max(0, cy - s * 0.45)), int(max(0, cx - s / 2))
-    return r0, int(min(H, r0 + s)), c0, int(min(W, c0 + s))
+def load_face_donors(specs, # each {image: 'skimage:astronaut' | 'skimage:lfw:<i>' | 'corpus:<video_id>', face_box: [r0, r1, c0, c1]}
+                     corpus_dir: str | Path | None = None, # the corpus folder, for 'corpus:' donors (the video's first frame)
+                     manifest: str = "manifest.csv") -> list[dict]: # [{name, image (H,W,3) uint8 RGB, face_box (r0, r1, c0, c1)}]
+    "Real donor faces with their face boxes as annotated by hand: never located by the detector under test."
+    out = []
+    for spec in specs:
+        name, box = str(spec["image"]), tuple(int(v) for v in spec["face_box"])
+        kind, _, key = name.partition(":")
+        if kind == "skimage" and key == "astronaut":
+            from skimage.data import astronaut
+            img = astronaut()
+        elif kind == "skimage" and key.startswith("lfw:"):
+            from skimage.data import lfw_subset
+            img = np.repeat((lfw_subset()[int(key[4:])] * 255).round().astype(np.uint8)[..., None], 3, axis=-1)
+        elif kind == "corpus":
+            if corpus_dir is None: raise ValueError(f"donor {name!r} needs corpus_dir")
+            from medgen.curate.ingest import read_manifest
+            man = read_manifest(Path(corpus_dir) / manifest).set_index("video_id")
+            if key not in man.index: raise KeyError(f"donor {name!r}: video id not in {Path(corpus_dir) / manifest}")
+            img = read_frames(Path(corpus_dir) / man.loc[key, "file"], n=1)[0][0]
+        else: raise ValueError(f"unknown donor image {name!r}: use 'skimage:astronaut', 'skimage:lfw:<i>' or 'corpus:<video_id>'")
+        r0, r1, c0, c1 = box
+        if not (0 <= r0 < r1 <= img.shape[0] and 0 <= c0 < c1 <= img.shape[1]):
+            raise ValueError(f"donor {name!r}: face box {box} is not inside its {img.shape[0]}x{img.shape[1]} image")
+        out.append(dict(name=name, image=np.ascontiguousarray(img), face_box=box))
+    return out
 
-def add_face(frames, donor: np.ndarray, face_frac: float, box=None, widen: float = 2.2) -> np.ndarray:
-    "Paste the donor's head-and-shoulders crop so that its face is `face_frac` of the frame height (bottom right)."
+# %% ../../nbs/20_defects.ipynb #770a692e
+def add_face(frames, # the clip `(T,H,W,3)`
+             donor: dict, # one of `load_face_donors`
+             face_frac: float, # the pasted face's height as a fraction of the frame height
+             rng: np.random.Generator, # draws the inset's place
+             widen: float = 1.8, # the inset spans this many face boxes about the face (head and shoulders where the image has them)
+             ) -> tuple[np.ndarray, tuple[int, int, int, int]]: # the frames, and the face's box (r0, r1, c0, c1) in them
+    "Paste the donor's face as a still picture-in-picture at a random place: the face box in the clip is known by construction."
     frames = np.array(frames, copy=True); T, H, W, _ = frames.shape
-    r0, r1, c0, c1 = box or face_crop_box(donor, widen)
-    side = int(round(face_frac * H * widen))
-    side = min(side, H - 2, W - 2)
-    for i in range(T):
-        crop = cv2.resize(donor[i % len(donor)][r0:r1, c0:c1], (side, side), interpolation=cv2.INTER_LINEAR)
-        frames[i, H - side - 1:H - 1, W - side - 1:W - 1] = crop
-    return frames
+    img, (r0, r1, c0, c1) = donor["image"], donor["face_box"]
+    cy, cx, fh, fw = (r0 + r1) / 2, (c0 + c1) / 2, r1 - r0, c1 - c0
+    R0, R1 = max(0, round(cy - fh * widen / 2)), min(img.shape[0], round(cy + fh * widen / 2))
+    C0, C1 = max(0, round(cx - fw * widen / 2)), min(img.shape[1], round(cx + fw * widen / 2))
+    scale = face_frac * H / fh
+    ch, cw = max(1, round((R1 - R0) * scale)), max(1, round((C1 - C0) * scale))
+    if ch > H or cw > W: raise ValueError(f"a face of {face_frac} of the height makes a {ch}x{cw} inset: larger than the {H}x{W} frame")
+    inset = cv2.resize(img[R0:R1, C0:C1], (cw, ch), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    top, left = int(rng.integers(0, H - ch + 1)), int(rng.integers(0, W - cw + 1))
+    frames[:, top:top + ch, left:left + cw] = inset
+    return frames, (top + round((r0 - R0) * scale), top + round((r1 - R0) * scale), left + round((c0 - C0) * scale), left + round((c1 - C0) * scale))
 
 # %% ../../nbs/20_defects.ipynb #3d300ac4
 DEFECTS = {
@@ -213,6 +240,7 @@ DEFECTS = {
     "darken": [0.40, 0.25, 0.12], "jitter": [3, 6, 12],
     "static": [1.5, 0.0], "jumpy": [1, 2, 3], "face": [0.15, 0.22, 0.30],
 }
+PARTS = ("calibration", "evaluation")  # thresholds may be chosen on the first; precision and recall are reported on the second
 _T, _F, _N = True, False, None
 #                 border ocr aesthetic technical dynamics privacy
 _EXPECT = {
@@ -269,7 +297,7 @@ def _rng(seed: int, *keys) -> np.random.Generator:
     return np.random.default_rng([seed] + [int.from_bytes(str(k).encode()[:8].ljust(8, b"\0"), "little") for k in keys])
 
 def inject(frames: np.ndarray, defect: str, level: int, fps: float, rng: np.random.Generator,
-           others=(), donor: np.ndarray | None = None, face_box=None, sentences: list[str] | None = None) -> np.ndarray:
+           others=(), donor: dict | None = None, sentences: list[str] | None = None) -> np.ndarray:
     "Apply `defect` at severity `level` (1-based) to one clip's frames."
     if defect not in DEFECTS: raise KeyError(f"unknown defect {defect!r}; known: {sorted(DEFECTS)}")
     levels = DEFECTS[defect]
@@ -287,39 +315,53 @@ def inject(frames: np.ndarray, defect: str, level: int, fps: float, rng: np.rand
     if defect == "static": return make_static(frames, p, rng)
     if defect == "jumpy": return make_jumpy(frames, list(others), p, rng)
     if defect == "face":
-        if donor is None: raise ValueError("the face defect needs a donor clip with a face")
-        return add_face(frames, donor, p, box=face_box)
+        if donor is None: raise ValueError("the face defect needs a donor face (`load_face_donors`)")
+        return add_face(frames, donor, p, rng)[0]
     raise AssertionError(defect)
 
 # %% ../../nbs/20_defects.ipynb #3ce10521
-def build_defect_set(clips: dict[str, np.ndarray], seed: int = 0, fps: float = 8.0, defects=None,
-                     face_donor: str | None = None, natural_faces=(), modality: dict | None = None,
-                     sentences: list[str] | None = None, progress: bool = True) -> DefectSet:
-    "Clean + injected versions of `clips` (id -> frames at `fps`) with one label row per clip."
+def build_defect_set(clips: dict[str, np.ndarray], # source id -> frames at `fps` (`load_sources`)
+                     seed: int = 0, fps: float = 8.0,
+                     defects=None, # defect kinds to inject (None: all of `DEFECTS`)
+                     donors=None, # part -> donor faces (`load_face_donors`), or one list for every part; None: no face defect
+                     parts: dict[str, str] | None = None, # source id -> 'calibration' | 'evaluation' (None: all 'calibration')
+                     natural_faces=(), # sources that show a face of their own: kept clean only
+                     modality: dict | None = None, sentences: list[str] | None = None, progress: bool = True) -> DefectSet:
+    "Clean + injected versions of `clips` with one label row per clip; a source's defects use only its own part's sources and faces."
     from tqdm.auto import tqdm
     defects = list(DEFECTS) if defects is None else list(defects)
     ids = sorted(clips)
-    if face_donor is not None and face_donor not in clips: raise KeyError(f"face donor {face_donor!r} is not among the clips")
-    donor = clips[face_donor] if face_donor else None
-    box = face_crop_box(donor) if donor is not None and "face" in defects else None
+    parts = {cid: (parts or {}).get(cid, "calibration") for cid in ids}
+    bad = sorted(set(parts.values()) - set(PARTS))
+    if bad: raise ValueError(f"unknown part(s) {bad}; use {PARTS}")
+    if donors is not None and not isinstance(donors, dict): donors = {p: list(donors) for p in PARTS}
     frames, rows = {}, []
     static = {cid: source_is_static(clips[cid]) for cid in ids}
-    def add(name, arr, cid, defect, level, param):
+    def add(name, arr, cid, defect, level, param, donor=None, box=(np.nan,) * 4):
         frames[name] = arr
         vis = border_visible(clips[cid], BORDER_SIDES[defect]) if defect in BORDER_SIDES else None
-        rows.append(dict(clip=name, source=cid, modality=(modality or {}).get(cid, ""), defect=defect, level=level,
+        rows.append(dict(clip=name, source=cid, part=parts[cid], modality=(modality or {}).get(cid, ""), defect=defect, level=level,
                          severity=param, natural_face=cid in natural_faces, natural_static=static[cid], border_visible=vis,
+                         face_donor=donor or "", **{f"face_{k}": float(v) for k, v in zip(("r0", "r1", "c0", "c1"), box)},
                          **{f"expect_{k}": v for k, v in expected_decisions(defect, cid in natural_faces, static[cid]).items()}))
     for cid in ids: add(f"{cid}__clean", clips[cid], cid, "clean", 0, np.nan)
-    work = [(cid, d, lv) for cid in ids if cid not in natural_faces for d in defects
-            if not (d == "face" and donor is None) for lv in range(1, len(DEFECTS[d]) + 1)]
+    faced = [c for c in ids if c not in natural_faces]
+    work = [(cid, d, lv) for cid in faced for d in defects if not (d == "face" and not (donors or {}).get(parts[cid]))
+            for lv in range(1, len(DEFECTS[d]) + 1)]
     for cid, d, lv in tqdm(work, desc="inject defects", unit="clip", disable=not progress):
-        others = [clips[o] for o in ids if o != cid and o not in natural_faces]
-        out = inject(clips[cid], d, lv, fps, _rng(seed, cid, d, lv), others=others, donor=donor, face_box=box, sentences=sentences)
-        add(f"{cid}__{d}_{lv}", out, cid, d, lv, float(DEFECTS[d][lv - 1]))
+        rng, p = _rng(seed, cid, d, lv), DEFECTS[d][lv - 1]
+        if d == "face":  # the face's box is known by construction; the donors rotate over the part's sources and levels
+            mates = [c for c in faced if parts[c] == parts[cid]]
+            donor = donors[parts[cid]][(mates.index(cid) + lv - 1) % len(donors[parts[cid]])]
+            out, box = add_face(clips[cid], donor, p, rng)
+            add(f"{cid}__{d}_{lv}", out, cid, d, lv, float(p), donor["name"], box)
+            continue
+        others = [clips[o] for o in faced if o != cid and parts[o] == parts[cid]]
+        add(f"{cid}__{d}_{lv}", inject(clips[cid], d, lv, fps, rng, others=others, sentences=sentences), cid, d, lv, float(p))
     labels = pd.DataFrame(rows)
     for col in [f"expect_{f}" for f in expected_decisions("clean")] + ["border_visible"]: labels[col] = labels[col].astype("boolean")
-    get_logger("medgen.curate.defects").info("defect set: %d clips from %d sources, %d defects", len(labels), len(ids), len(defects))
+    get_logger("medgen.curate.defects").info("defect set: %d clips from %d sources (%s), %d defects", len(labels), len(ids),
+                                             dict(pd.Series(parts).value_counts()), len(defects))
     return DefectSet(frames=frames, labels=labels.sort_values("clip", kind="stable").reset_index(drop=True), fps=fps)
 
 # %% ../../nbs/20_defects.ipynb #5e1c0a77

@@ -21,8 +21,10 @@ from .dynamics import score_dynamics
 from .privacy import score_privacy
 
 # %% auto #0
-__all__ = ['SCORERS', 'FLAG_ONLY', 'REASON_CODES', 'score_frames', 'read_for_filter', 'clip_info', 'frames_from_defect_clip',
-           'score_clip', 'score_row', 'score_clips', 'precision_recall', 'score_defect_clip', 'evaluate_filter']
+__all__ = ['SCORERS', 'FLAG_ONLY', 'REASON_CODES', 'CALIBRATE', 'score_frames', 'read_for_filter', 'clip_info',
+           'frames_from_defect_clip', 'score_clip', 'score_row', 'score_clips', 'precision_recall', 'score_defect_clip',
+           'target_kinds', 'evaluation_labels', 'defect_metrics', 'evaluate_filter', 'confusion_by_kind',
+           'youden_threshold', 'youden_joint', 'decide', 'calibrate_settings']
 
 # %% ../../nbs/26_filters.ipynb #d62206d2
 SCORERS = {"border": score_border, "ocr": score_ocr, "aesthetic": score_aesthetic, "technical": score_technical,
@@ -40,6 +42,8 @@ def _dover(config, weights):
 def _kwargs(name: str, settings: dict, fps: float | None, video_path) -> dict:
     "The scorer's keyword arguments: `settings` minus model-loading keys, plus loaded models, the frame rate and the path."
     s = dict(settings or {})
+    pending = sorted(k for k, v in s.items() if v == CALIBRATE)
+    if pending: raise ValueError(f"filter {name!r}: {pending} still read {CALIBRATE!r}: choose them first with `calibrate_settings` (the filter stage does)")
     laion = {k: s.pop(k) for k in ["clip_model", "clip_pretrained", "mlp_weights", "mlp_repo", "mlp_file"] if k in s}
     dover = {k: s.pop(k) for k in ["dover_config", "dover_weights"] if k in s}
     if s.get("backend") == "laion" or s.get("aesthetic_backend") == "laion":
@@ -107,8 +111,9 @@ def score_row(rec: dict, # one clips-table row: clip_id, video_id, file and (opt
     try: r = score_clip(name, Path(clips_dir) / rec["file"], sample, settings, clip_info(rec))
     except (VideoError, ValueError) as e:
         get_logger("medgen.curate.filters").warning("%s: cannot score %s: %s", stage, rec["clip_id"], e)
-        return (dict(clip_id=rec["clip_id"], score=float("nan"), decision="error", reason=str(e), backend=""),
-                rejection(rec["video_id"], stage, "unreadable", str(e), clip_id=rec["clip_id"]))
+        code = "unreadable" if isinstance(e, VideoError) else "scorer_error"  # a clip that decodes but the scorer refuses keeps its own reason
+        return (dict(clip_id=rec["clip_id"], score=float("nan"), decision="error", reason=f"{code}: {e}", backend=""),
+                rejection(rec["video_id"], stage, code, str(e), clip_id=rec["clip_id"]))
     extras = {k: (v if np.isscalar(v) else str(v)) for k, v in r.items() if k not in ("score", "decision", "reason", "backend")}
     row = dict(clip_id=rec["clip_id"], score=float(r["score"]), decision=r["decision"], reason=r["reason"], backend=r["backend"], **extras)
     bad = rejection(rec["video_id"], stage, r.get("code") or REASON_CODES[name], r["reason"], clip_id=rec["clip_id"]) if r["decision"] == "remove" else None
@@ -147,19 +152,136 @@ def score_defect_clip(item: tuple[dict, object], # (label row, the clip: its fil
         else: r = score_frames(name, frames, settings, fps)
     else: r = score_clip(name, clip, sample, settings, clip_info(rec))
     return dict(clip=rec["clip"], score=float(r["score"]), decision=r["decision"], flagged=r["decision"] != "keep",
-                reason=r["reason"], backend=r["backend"])
+                reason=r["reason"], backend=r["backend"], **{k: float(r[k]) for k in ("aesthetic", "technical") if k in r})
 
-def evaluate_filter(name: str, ds, sample: dict, settings: dict | None = None, defects=None, progress: bool = True, executor=None):
-    "Score every defect-set clip (of `defects`, or all) with filter `name` (mapped by `executor`): per-clip table and precision/recall."
+# %% ../../nbs/26_filters.ipynb #12af7ea4
+def target_kinds(labels: pd.DataFrame, # a defect set's labels
+                 name: str, # the filter
+                 ) -> list[str]: # defect kinds (not `clean`) on which some clip expects the filter to act
+    "The defect kinds filter `name` is meant to catch."
+    hit = labels[(labels.defect != "clean") & labels[f"expect_{name}"].fillna(False).astype(bool)]
+    return sorted(hit.defect.unique())
+
+def evaluation_labels(labels: pd.DataFrame, name: str,
+                      defects=None, # defect kinds to judge (None: every kind)
+                      other_levels: str = "all", # levels of the kinds the filter is not meant to catch: all | strongest
+                      part: str | None = None, # calibration | evaluation | None (both)
+                      ) -> pd.DataFrame:
+    "The label rows a filter is scored on: clean clips, every level of its target kinds, and all or the strongest level of the others."
+    if other_levels not in ("all", "strongest"): raise ValueError(f"other_levels must be 'all' or 'strongest', got {other_levels!r}")
+    L = labels if part is None else labels[labels.part == part]
+    if defects is not None: L = L[L.defect.isin(["clean", *defects])]
+    if other_levels == "strongest":
+        targets = target_kinds(labels, name)
+        top = L.groupby("defect")["level"].transform("max")
+        L = L[(L.defect == "clean") | L.defect.isin(targets) | (L.level == top)]
+    return L
+
+def defect_metrics(res: pd.DataFrame, # `evaluate_filter`'s per-clip table
+                   name: str) -> dict: # precision/recall counts, the clips judged, and the clean clips' false-alarm rate
+    "Precision and recall on the clips with an expected decision, and how many clean clips the filter acts on."
+    m = precision_recall(res.flagged, res[f"expect_{name}"])
+    clean = res[(res.defect == "clean") & (res[f"expect_{name}"] == False)]  # a natural face / static source's clean clip is a positive
+    return m | dict(clips=int(res[f"expect_{name}"].notna().sum()), clean_clips=int(len(clean)),
+                    clean_false_alarm_rate=float(clean.flagged.mean()) if len(clean) else float("nan"))
+
+def evaluate_filter(name: str, ds, sample: dict, settings: dict | None = None,
+                    defects=None, # defect kinds to judge (None: every kind)
+                    other_levels: str = "all", # `evaluation_labels`
+                    part: str | None = None, # score only this part of the set (None: both)
+                    progress: bool = True, executor=None):
+    "Score the defect-set clips with filter `name` (mapped by `executor`): per-clip table and metrics (overall and `by_part`)."
     from medgen.executor import Executor
-    labels = ds.labels if defects is None else ds.labels[ds.labels.defect.isin(["clean", *defects])]
-    recs = labels.to_dict("records")
-    items = [(r, ds.frames[r["clip"]] if ds.frames is not None else str(ds.clips_dir / r["file"])) for r in recs]
+    labels = evaluation_labels(ds.labels, name, defects, other_levels, part)
+    items = [(r, ds.frames[r["clip"]] if ds.frames is not None else str(ds.clips_dir / r["file"])) for r in labels.to_dict("records")]
     rows = (executor or Executor()).map(functools.partial(score_defect_clip, name=name, sample=sample, settings=settings, clip_fps=ds.fps),
-                                        items, desc=f"evaluate {name}", progress=progress)
+                                        items, desc=f"evaluate {name}" + (f" ({part})" if part else ""), progress=progress)
     res = pd.DataFrame(rows).merge(labels, on="clip")
-    metrics = precision_recall(res.flagged, res[f"expect_{name}"])
-    metrics["clips"] = int(res[f"expect_{name}"].notna().sum())
+    metrics = defect_metrics(res, name)
+    metrics["by_part"] = {p: defect_metrics(g, name) for p, g in res.groupby("part")} if "part" in res else {}
     metrics["flag_rate_by_defect"] = {f"{d}_{lv}" if lv else d: round(float(g.flagged.mean()), 4)
                                       for (d, lv), g in res.groupby(["defect", "level"])}
     return res, metrics
+
+# %% ../../nbs/26_filters.ipynb #2a1706c5
+def confusion_by_kind(res: pd.DataFrame, # `evaluate_filter`'s per-clip table
+                      name: str) -> pd.DataFrame: # one row per defect kind: the filter's role, and per part the clips and the share flagged
+    "What the filter does to every defect kind, in each part: the whole confusion, not only its targets."
+    def role(s):
+        s = s.dropna()
+        if s.empty: return "not judged"
+        return "should act" if s.all() else "should keep" if not s.any() else "mixed"
+    g = res.groupby(["defect", "part"]).agg(clips=("clip", "size"), flagged=("flagged", "mean")).unstack("part")
+    g.columns = [f"{p}_{c}" for c, p in g.columns]
+    g.insert(0, "role", res.groupby("defect")[f"expect_{name}"].agg(role))
+    order = ["clean"] + sorted(set(g.index) - {"clean"})
+    return g.loc[order].rename_axis("defect")
+
+# %% ../../nbs/26_filters.ipynb #7ccb6fe0
+CALIBRATE = "calibrate"  # a setting with this value is chosen on the calibration part by `calibrate_settings`
+
+def youden_threshold(scores, # one score per clip
+                     positive, # True: the filter should act on the clip; False: it should keep it
+                     direction: str = "below", # the filter acts on scores below (above) the threshold
+                     ) -> dict: # threshold, tpr, fpr, j, positives, negatives
+    "The documented rule: the threshold with the largest Youden's J = TPR - FPR (midpoints between scores; ties: the most lenient)."
+    s, y = np.asarray(scores, float), np.asarray(positive, bool)
+    if direction not in ("below", "above"): raise ValueError(f"direction must be 'below' or 'above', got {direction!r}")
+    if y.all() or not y.any(): raise ValueError(f"the rule needs positives and negatives, got {int(y.sum())} and {int((~y).sum())}")
+    if direction == "above": s = -s
+    u = np.unique(s); cand = np.concatenate([[u[0] - 1e-9], (u[:-1] + u[1:]) / 2, [u[-1] + 1e-9]])
+    acts = s[None, :] < cand[:, None]
+    tpr, fpr = acts[:, y].mean(1), acts[:, ~y].mean(1)
+    j = tpr - fpr
+    i = int(np.flatnonzero(j == j.max())[0])  # the lowest threshold among the best: it removes least
+    t = float(cand[i]) * (-1 if direction == "above" else 1)
+    return dict(threshold=t, tpr=float(tpr[i]), fpr=float(fpr[i]), j=float(j[i]), positives=int(y.sum()), negatives=int((~y).sum()))
+
+def youden_joint(aesthetic, technical, positive, direction: str = "below") -> dict:
+    "The same rule for the joint filter's pair of thresholds (acts when technical fails AND aesthetic is below): a grid of midpoints."
+    a, t, y = np.asarray(aesthetic, float), np.asarray(technical, float), np.asarray(positive, bool)
+    if y.all() or not y.any(): raise ValueError(f"the rule needs positives and negatives, got {int(y.sum())} and {int((~y).sum())}")
+    ts = -t if direction == "above" else t
+    mids = lambda v: (lambda u: np.concatenate([[u[0] - 1e-9], (u[:-1] + u[1:]) / 2, [u[-1] + 1e-9]]))(np.unique(v))
+    best = None
+    for ct in mids(ts):
+        tech_fails = ts < ct
+        for ca in mids(a):
+            acts = tech_fails & (a < ca)
+            j = acts[y].mean() - acts[~y].mean()
+            if best is None or j > best[0] + 1e-12: best = (j, ct, ca, acts[y].mean(), acts[~y].mean())
+    j, ct, ca, tpr, fpr = best
+    return dict(technical_threshold=float(-ct if direction == "above" else ct), aesthetic_threshold=float(ca), tpr=float(tpr),
+                fpr=float(fpr), j=float(j), positives=int(y.sum()), negatives=int((~y).sum()))
+
+def decide(name: str, res: pd.DataFrame, settings: dict) -> pd.Series:
+    "Re-take the quality filters' decisions from the scores in `res` (the evaluation table) with `settings`' thresholds."
+    from medgen.curate.quality import _fails
+    if name == "aesthetic": return res.aesthetic < settings["threshold"]
+    if name == "technical": return res.technical.map(lambda s: _fails(s, settings["threshold"], settings.get("direction", "below")))
+    if name == "joint": return res.technical.map(lambda s: _fails(s, settings["technical_threshold"], settings.get("direction", "below"))) & \
+                               (res.aesthetic < settings["aesthetic_threshold"])
+    raise ValueError(f"filter {name!r} has no calibrated threshold (only aesthetic, technical and joint do)")
+
+def calibrate_settings(name: str, # the filter
+                       res: pd.DataFrame, # its evaluation table on the calibration part (scored with any threshold)
+                       settings: dict, # its settings; a value `"calibrate"` is chosen by the rule
+                       ) -> tuple[dict, dict]: # (settings with the chosen values, the rule's report; {} when nothing is calibrated)
+    "Choose the settings marked `calibrate` on the calibration part with `youden_threshold` / `youden_joint` (then re-decide with `decide`)."
+    keys = [k for k, v in (settings or {}).items() if v == CALIBRATE]
+    if not keys: return dict(settings or {}), {}
+    if name not in ("aesthetic", "technical", "joint"):
+        raise ValueError(f"filter {name!r}: only the aesthetic, technical and joint thresholds can be calibrated, not {keys}")
+    cal = res[res.part == "calibration"] if "part" in res else res
+    known = cal[cal[f"expect_{name}"].notna()]
+    y = known[f"expect_{name}"].astype(bool).values
+    if name == "joint":
+        rule = youden_joint(known.aesthetic, known.technical, y, settings.get("direction", "below"))
+        chosen = {k: round(rule[k], 4) for k in ("technical_threshold", "aesthetic_threshold")}
+    else:
+        rule = youden_threshold(known[name], y, settings.get("direction", "below"))
+        chosen = {"threshold": round(rule["threshold"], 4)}
+    missing = sorted(set(keys) - set(chosen))
+    if missing: raise ValueError(f"filter {name!r}: cannot calibrate {missing}")
+    out = dict(settings) | {k: chosen[k] for k in keys}
+    return out, dict(rule="youden_j", part="calibration", chosen={k: chosen[k] for k in keys}, **{k: v for k, v in rule.items() if k not in chosen})

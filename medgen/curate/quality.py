@@ -16,9 +16,12 @@ from skimage.measure import blur_effect
 from ..core import get_logger
 
 # %% auto #0
-__all__ = ['AESTHETIC_PROXY', 'TECHNICAL_PROXY', 'LAION_BACKEND', 'DOVER_BACKEND', 'noise_sigma', 'blockiness', 'frame_measures',
-           'jitter_percent', 'quality_measures', 'knee', 'technical_proxy', 'aesthetic_proxy', 'laion_mlp',
-           'LaionAesthetic', 'DoverTechnical', 'score_aesthetic', 'score_technical', 'joint_decision', 'score_joint']
+__all__ = ['AESTHETIC_SIDE', 'EDGE_GRID', 'THIRDS_POINTS', 'THIRDS_MAX', 'AESTHETIC_PROXY', 'TECHNICAL_PROXY', 'LAION_BACKEND',
+           'DOVER_BACKEND', 'DOVER_STATS', 'noise_sigma', 'blockiness', 'frame_measures', 'jitter_percent', 'thumbnail',
+           'colourfulness', 'tonal_range', 'spectral_residual', 'thirds_distance', 'edge_box_area',
+           'aesthetic_features', 'aesthetic_measures', 'quality_measures', 'knee', 'technical_proxy', 'aesthetic_parts',
+           'aesthetic_proxy', 'laion_mlp', 'LaionAesthetic', 'dover_branches', 'DoverTechnical', 'score_aesthetic',
+           'score_technical', 'joint_decision', 'score_joint']
 
 # %% ../../nbs/23_quality.ipynb #851685b0
 _LAPLACE_DIFF = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)  # Immerkaer (1996)
@@ -59,21 +62,125 @@ def jitter_percent(frames: np.ndarray, min_response: float = 0.1) -> float:
     if len(change) < 3: return float("nan")
     return float(100 * np.median(change) / max(frames.shape[1:3]))
 
+# %% ../../nbs/23_quality.ipynb #df30bb2c
+AESTHETIC_SIDE = 64   # px: the thumbnail for colour, tone and saliency (Hou & Zhang's 2007 working size)
+EDGE_GRID = 100       # the edge map's grid (Ke et al. 2006)
+
+def _rgb_frame(frame) -> np.ndarray:
+    f = np.asarray(frame)
+    if f.ndim != 3 or f.shape[-1] != 3 or f.size == 0: raise ValueError(f"need one RGB frame (H,W,3), got shape {f.shape}")
+    return np.ascontiguousarray(f)
+
+def thumbnail(img: np.ndarray,  # an image (H,W) or (H,W,C)
+              side: int = AESTHETIC_SIDE  # longest side of the result, px
+             ) -> np.ndarray:
+    "`img` area-averaged so that its longest side is `side` px (at least 8 px a side)."
+    h, w = img.shape[:2]; s = side / max(h, w)
+    return cv2.resize(np.ascontiguousarray(img), (max(8, round(w * s)), max(8, round(h * s))), interpolation=cv2.INTER_AREA)
+
+# %% ../../nbs/23_quality.ipynb #4912d38c
+def colourfulness(frame: np.ndarray  # RGB frame (H,W,3), 0-255
+                 ) -> float:
+    "Hasler & Süsstrunk's (2003) colourfulness M of an RGB frame: 0 for any grey frame, above 109 'extremely colourful'."
+    f = _rgb_frame(frame).astype(np.float32)
+    rg = f[..., 0] - f[..., 1]
+    yb = 0.5 * (f[..., 0] + f[..., 1]) - f[..., 2]
+    return float(math.hypot(rg.std(), yb.std()) + 0.3 * math.hypot(rg.mean(), yb.mean()))
+
+# %% ../../nbs/23_quality.ipynb #8eb0a2e0
+def tonal_range(gray: np.ndarray,  # luminance (H,W), 0-255
+                mass: float = 0.98  # share of the histogram kept in the middle
+               ) -> float:
+    "Ke et al.'s (2006) contrast: the width (0-1) of the middle `mass` of the luminance histogram."
+    g = np.asarray(gray, np.float32)
+    if g.ndim != 2 or g.size == 0: raise ValueError(f"need one grey frame (H,W), got shape {g.shape}")
+    lo, hi = np.percentile(g, [50 * (1 - mass), 100 - 50 * (1 - mass)])
+    return float((hi - lo) / 255)
+
+# %% ../../nbs/23_quality.ipynb #fb28a6a2
+def spectral_residual(gray: np.ndarray,  # luminance (H,W)
+                      side: int = AESTHETIC_SIDE,  # working size, px (longest side)
+                      sigma: float = 3.0  # Gaussian smoothing of the map, px at `side`
+                     ) -> np.ndarray:
+    "Hou & Zhang's (2007) spectral-residual saliency at `side` px, normalised to sum 1 (uniform for a flat frame)."
+    small = thumbnail(np.asarray(gray, np.float32), side)
+    if np.ptp(small) < 1e-3: return np.full(small.shape, 1 / small.size, np.float32)
+    F = np.fft.fft2(small)
+    log_amp, phase = np.log(np.abs(F) + 1e-8), np.angle(F)
+    residual = log_amp - cv2.blur(log_amp, (3, 3), borderType=cv2.BORDER_REFLECT)   # log spectrum minus its local average
+    sal = cv2.GaussianBlur((np.abs(np.fft.ifft2(np.exp(residual + 1j * phase))) ** 2).astype(np.float32), (0, 0), sigma)
+    return sal / sal.sum()
+
+# %% ../../nbs/23_quality.ipynb #a561fd22
+THIRDS_POINTS = np.array([[1 / 3, 1 / 3], [1 / 3, 2 / 3], [2 / 3, 1 / 3], [2 / 3, 2 / 3]])
+THIRDS_MAX = math.sqrt(2) / 3   # a corner's distance to its nearest thirds point: the largest there is
+
+def thirds_distance(saliency: np.ndarray  # a saliency map (h,w), any scale
+                   ) -> float:
+    "Saliency-weighted mean distance (frame-normalised x, y in 0-1) to the nearest thirds point: 0 all mass on them, ~0.21 uniform."
+    s = np.asarray(saliency, np.float64)
+    if s.ndim != 2 or s.size == 0 or s.sum() <= 0: raise ValueError(f"need a non-negative 2-D saliency map with mass, got shape {s.shape}")
+    h, w = s.shape
+    y, x = (np.mgrid[0:h, 0:w] + 0.5) / np.array([h, w])[:, None, None]
+    d = np.min([np.hypot(x - tx, y - ty) for tx, ty in THIRDS_POINTS], axis=0)
+    return float((s * d).sum() / s.sum())
+
+# %% ../../nbs/23_quality.ipynb #a2acc5fc
+def edge_box_area(gray: np.ndarray,  # luminance (H,W)
+                  keep: float = 0.98,  # share of the edge energy kept along each axis (0.98 x 0.98 ~ 96 % in all)
+                  grid: int = EDGE_GRID  # the frame is resampled to grid x grid before the Laplacian
+                 ) -> float:
+    "Ke et al.'s (2006) simplicity measure: the area (0-1) of the box holding `keep` of the |Laplacian| energy along x and along y; 0 for a flat frame."
+    g = np.asarray(gray, np.float32)
+    if g.ndim != 2 or g.size == 0: raise ValueError(f"need one grey frame (H,W), got shape {g.shape}")
+    e = np.abs(cv2.Laplacian(cv2.resize(g, (grid, grid), interpolation=cv2.INTER_AREA), cv2.CV_32F, ksize=1))
+    if e.sum() <= 0: return 0.0
+    def width(m):
+        c, cut = np.cumsum(m) / m.sum(), (1 - keep) / 2
+        return (np.searchsorted(c, 1 - cut) - np.searchsorted(c, cut) + 1) / len(m)
+    return float(width(e.sum(0)) * width(e.sum(1)))
+
+# %% ../../nbs/23_quality.ipynb #688d200d
+def aesthetic_features(frame: np.ndarray  # RGB frame (H,W,3), 0-255
+                      ) -> dict:
+    "The four aesthetic features of one RGB frame: colour, tone and saliency on the 64-px thumbnail, edges on the 100 x 100 grid."
+    f = _rgb_frame(frame)
+    small = thumbnail(f)
+    small_gray = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
+    return dict(colourfulness=colourfulness(small), tonal_range=tonal_range(small_gray),
+                thirds_distance=thirds_distance(spectral_residual(small_gray)),
+                edge_box_area=edge_box_area(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY)))
+
 # %% ../../nbs/23_quality.ipynb #60c184b1
 def _uniform(frames: np.ndarray, n: int) -> np.ndarray:
     return frames[np.unique(np.linspace(0, len(frames) - 1, n).round().astype(int))]
 
-def quality_measures(frames: np.ndarray, n_frames: int = 5) -> dict:
-    "Median of the frame measures over `n_frames` uniform frames, plus jitter over all consecutive frames."
+def _rgb_frames(frames) -> np.ndarray:
     frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0: raise ValueError(f"need RGB frames (T,H,W,3), got shape {frames.shape}")
-    per = [frame_measures(f) for f in _uniform(frames, n_frames)]
-    out = {k: float(np.median([p[k] for p in per])) for k in per[0]}
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.size == 0: raise ValueError(f"need RGB frames (T,H,W,3), got shape {frames.shape}")
+    return frames
+
+def _median(per: list[dict]) -> dict:
+    return {k: float(np.median([p[k] for p in per])) for k in per[0]}
+
+def aesthetic_measures(frames: np.ndarray,  # RGB frames (T,H,W,3)
+                       n_frames: int = 5  # uniform frames measured
+                      ) -> dict:
+    "Median of the aesthetic features over `n_frames` uniform frames."
+    return _median([aesthetic_features(f) for f in _uniform(_rgb_frames(frames), n_frames)])
+
+def quality_measures(frames: np.ndarray,  # RGB frames (T,H,W,3), consecutive (jitter is frame-to-frame)
+                     n_frames: int = 5,  # uniform frames for the per-frame measures
+                     aesthetic: bool = True  # also the aesthetic features, on the same frames (one pass for the joint filter)
+                    ) -> dict:
+    "Median of the technical frame measures (and the aesthetic features) over `n_frames` uniform frames, plus jitter over all consecutive frames."
+    frames = _rgb_frames(frames)
+    out = _median([frame_measures(f) | (aesthetic_features(f) if aesthetic else {}) for f in _uniform(frames, n_frames)])
     out["jitter"] = jitter_percent(frames)
     return out
 
 # %% ../../nbs/23_quality.ipynb #d3563abf
-AESTHETIC_PROXY = "medgen-aesthetic-proxy-v1(exposure,contrast,blur_effect,noise,blockiness)"
+AESTHETIC_PROXY = "medgen-aesthetic-photo-v2(colourfulness,tonal_range,thirds,simplicity)"
 TECHNICAL_PROXY = "medgen-technical-proxy-v1(blur_effect,noise,blockiness,jitter,exposure)"
 
 def knee(x: float, x0: float, p: float) -> float:
@@ -86,10 +193,19 @@ def technical_proxy(m: dict) -> float:
     return float((1 - m["blur"]) * knee(m["noise"], 6, 4) * knee(m["blockiness"] - 1, 0.3, 2) * knee(shake, 1.5, 6)
                  * (1 - knee(m["exposure"], 0.3, 4)))
 
-def aesthetic_proxy(m: dict) -> float:
-    "Embedded aesthetic quality in [0, 10] (higher is better) from `quality_measures`."
-    return float(10 * (1 - knee(m["exposure"], 0.3, 4)) * (1 - knee(m["contrast"], 0.08, 2)) * (1 - m["blur"]) ** 1.5
-                 * knee(m["noise"], 6, 4) * knee(m["blockiness"] - 1, 0.3, 2) ** 0.5)
+# %% ../../nbs/23_quality.ipynb #fe439d43
+def aesthetic_parts(m: dict  # `aesthetic_measures` (or `quality_measures`) of a clip
+                   ) -> dict:
+    "The aesthetic sub-scores in [0, 1] (colour, tone, thirds, simplicity) and the colour weight."
+    M = m["colourfulness"]
+    return dict(colour=1 - knee(M, 33, 2), tone=min(1.0, max(0.0, m["tonal_range"])), thirds=max(0.0, 1 - m["thirds_distance"] / THIRDS_MAX),
+                simplicity=1 - m["edge_box_area"], colour_weight=min(1.0, max(0.0, (M - 15) / 18)))
+
+def aesthetic_proxy(m: dict  # `aesthetic_measures` (or `quality_measures`) of a clip
+                   ) -> float:
+    "Embedded aesthetic quality in [0, 10] (higher is better): `10 (w colour + tone + thirds + simplicity) / (w + 3)`."
+    p = aesthetic_parts(m); w = p["colour_weight"]
+    return float(10 * (w * p["colour"] + p["tone"] + p["thirds"] + p["simplicity"]) / (w + 3))
 
 # %% ../../nbs/23_quality.ipynb #357294fb
 LAION_BACKEND = "laion-improved-aesthetic-predictor(ViT-L-14/openai + sac+logos+ava1-l14-linearMSE)"
@@ -141,6 +257,18 @@ class LaionAesthetic:
 
 # %% ../../nbs/23_quality.ipynb #9054e326
 DOVER_BACKEND = "dover(technical, (raw-0.1107)/0.07355)"
+DOVER_STATS = {"technical": (0.1107, 0.07355), "aesthetic": (0.08285, 0.03774)}  # DOVER's (mean, sd) of each branch's raw score
+
+def dover_branches(views: dict,  # the views DOVER was given, in the order it was given them (names `technical*`, `aesthetic*`)
+                   results  # DOVER's outputs: one score map per view, in the views' order
+                  ) -> dict:
+    "DOVER's normalised score per branch, `(mean(score map) - mean) / sd`, each output mapped to its branch by its view's name."
+    names = [k.split("_")[0] for k in views]
+    results = list(results)
+    if len(results) != len(names): raise ValueError(f"DOVER gave {len(results)} outputs for {len(names)} views {list(views)}")
+    unknown = sorted(set(names) - set(DOVER_STATS))
+    if unknown: raise ValueError(f"DOVER views {unknown} are neither technical nor aesthetic")
+    return {n: (float(r.mean()) - DOVER_STATS[n][0]) / DOVER_STATS[n][1] for n, r in zip(names, results)}
 
 class DoverTechnical:
     "DOVER's technical-quality score of a video file, normalised as DOVER does: `(raw - 0.1107) / 0.07355`."
@@ -162,7 +290,8 @@ class DoverTechnical:
             self.samplers[kind] = (UnifiedFrameSampler(o["clip_len"], o["num_clips"], o["frame_interval"]) if "t_frag" not in o
                                    else UnifiedFrameSampler(o["clip_len"] // o["t_frag"], o["t_frag"], o["frame_interval"], o["num_clips"]))
 
-    def score(self, video_path: str | Path) -> float:
+    def branches(self, video_path: str | Path) -> dict:
+        "Both of DOVER's normalised branch scores of a video file, by name."
         import torch
         mean, std = torch.FloatTensor([123.675, 116.28, 103.53]), torch.FloatTensor([58.395, 57.12, 57.375])
         views, _ = self._decompose(str(video_path), self.data["sample_types"], self.samplers)
@@ -170,15 +299,23 @@ class DoverTechnical:
             clips = self.data["sample_types"][k].get("num_clips", 1)
             views[k] = (((v.permute(1, 2, 3, 0) - mean) / std).permute(3, 0, 1, 2)
                         .reshape(v.shape[0], clips, -1, *v.shape[2:]).transpose(0, 1).to(self.device))
-        with torch.no_grad(): aesthetic_raw, technical_raw = [r.mean().item() for r in self.model(views)]
-        return (technical_raw - 0.1107) / 0.07355
+        with torch.no_grad(): return dover_branches(views, self.model(views))
+
+    def score(self, video_path: str | Path) -> float:
+        "DOVER's normalised technical score of a video file."
+        b = self.branches(video_path)
+        if "technical" not in b: raise ValueError(f"the DOVER config has no technical view (views: {sorted(b)})")
+        return b["technical"]
 
 # %% ../../nbs/23_quality.ipynb #48f20f9d
 def _score(kind: str, frames, backend: str, model, n_frames: int, video_path=None) -> tuple[float, str, dict]:
     frames = np.asarray(frames)
     if backend == "proxy":
-        m = quality_measures(frames, n_frames)
-        return (aesthetic_proxy(m) if kind == "aesthetic" else technical_proxy(m)), (AESTHETIC_PROXY if kind == "aesthetic" else TECHNICAL_PROXY), m
+        if kind == "aesthetic":
+            m = aesthetic_measures(frames, n_frames)
+            return aesthetic_proxy(m), AESTHETIC_PROXY, m
+        m = quality_measures(frames, n_frames, aesthetic=False)
+        return technical_proxy(m), TECHNICAL_PROXY, m
     if backend == "laion" and kind == "aesthetic":
         if model is None: raise ValueError("backend 'laion' needs a loaded LaionAesthetic as `model`")
         return model.score(_uniform(frames, n_frames)), LAION_BACKEND, {}
@@ -192,7 +329,7 @@ def _fails(score: float, threshold: float, direction: str) -> bool:
     return score < threshold if direction == "below" else score > threshold
 
 # %% ../../nbs/23_quality.ipynb #9d0c5358
-def score_aesthetic(frames, threshold: float = 1.25, backend: str = "proxy", model=None, n_frames: int = 5) -> dict:
+def score_aesthetic(frames, threshold: float = 3.0, backend: str = "proxy", model=None, n_frames: int = 5) -> dict:
     "MedGen's aesthetic rule: mean aesthetic score over `n_frames` frames below `threshold` removes the clip."
     s, name, m = _score("aesthetic", frames, backend, model, n_frames)
     bad = s < threshold
@@ -215,7 +352,7 @@ def joint_decision(aesthetic: float, technical: float, aesthetic_threshold: floa
     return bad, (f"technical {technical:.3f} {'<' if direction == 'below' else '>'} {technical_threshold} and "
                  f"aesthetic {aesthetic:.2f} < {aesthetic_threshold}") if bad else ""
 
-def score_joint(frames, aesthetic_threshold: float = 2.0, technical_threshold: float = 0.35, direction: str = "below",
+def score_joint(frames, aesthetic_threshold: float = 3.5, technical_threshold: float = 0.35, direction: str = "below",
                 aesthetic_backend: str = "proxy", technical_backend: str = "proxy", aesthetic_model=None,
                 technical_model=None, n_frames: int = 5, video_path=None) -> dict:
     "The joint filter on one clip: both scores, then `joint_decision`."

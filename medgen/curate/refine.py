@@ -6,18 +6,19 @@ Docs: https://github.com/medgen-compendium/medgen/refine.html.md"""
 
 # %% ../../nbs/18_refine.ipynb #c930f6ca
 from __future__ import annotations
+import re
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from .caption_backends import OpenAIClient, load_prompts, resource_path, split_sentences
+from .caption_backends import OpenAIClient, load_prompts, one_line, resource_path, split_sentences
 from ..core import get_logger
 
 # %% auto #0
-__all__ = ['REFINE_BACKENDS', 'load_refine_examples', 'load_sentence_encoder', 'VisibilityClassifier', 'refine_messages',
-           'refine_caption']
+__all__ = ['REFINE_BACKENDS', 'HEDGE_CUES', 'INTERPRETATION_CUES', 'VERDICT', 'REFERENCE', 'load_refine_examples',
+           'load_sentence_encoder', 'VisibilityClassifier', 'refine_messages', 'refine_caption', 'clean_clauses']
 
 # %% ../../nbs/18_refine.ipynb #354c45e4
 REFINE_BACKENDS = ("classifier", "llm", "none")
@@ -114,3 +115,58 @@ def refine_caption(caption: str | None = None, provenance: Sequence[Mapping] | N
         get_logger("medgen.curate.refine").warning("refining removed every sentence; keeping the raw caption")
         return dict(refined=raw, raw=raw, removed=removed, backend=name, kept_raw=True)
     return dict(refined=refined, raw=raw, removed=removed, backend=name, kept_raw=False)
+
+# %% ../../nbs/18_refine.ipynb #6c7ff487
+HEDGE_CUES = {  # rule name: hedge pattern, removed (the finding it wraps stays); applied in this order
+    "not_sure": r"\b(?:but |although |though )?I(?:'m| am) not (?:\d+ ?% |completely |entirely |totally |quite |really )?(?:sure|certain)\b",
+    "i_think_i_see": r"\bI (?:also )?(?:think|believe|guess) (?:that )?I (?:also |can |can also )?see\b",
+    "i_see": r"\bI (?:also |can |can also )?see\b",
+    "i_think": r"\bI (?:think|believe|guess|suspect)(?: that)?\b",
+    "apart_from_that": r"\b(?:apart|aside) from (?:that|this)\b",
+    "maybe": r"\b(?:maybe|perhaps|possibly|probably|presumably|likely)\b",
+    "it_seems": r"\bit (?:seems|appears)(?: that)?\b",
+}
+INTERPRETATION_CUES = {  # rule name: cue opening an interpretation; the clause from it to the next `;` (or the end) goes
+    "consistent_with": r"\b(?:(?:is|are|was|were) )?(?:consistent|compatible|in keeping) with\b",
+    "suggestive_of": r"\b(?:(?:is|are|was|were) )?(?:suggestive|indicative|typical|characteristic|diagnostic|pathognomonic) (?:of|for)\b",
+    "suggesting": r"\b(?:suggesting|indicating)\b",
+    "specific_of": r"\b(?:(?:is|are|was|were) )?(?:more |less |highly |very )?specific (?:of|for)\b",
+}
+VERDICT = r"(?:normal|healthy|abnormal|unremarkable|pathologic(?:al)?)"  # a sentence or annotation part that is only a verdict
+REFERENCE = r"(?:video|movie|figure|fig\.|clip|supplementary (?:video|movie|figure))\s*S?\d+[a-z]?"  # ... only a label
+
+def _tidy(text: str) -> str:
+    "Close the gaps a removal leaves: doubled spaces and separators, dangling connectors at either end of a clause."
+    t = re.sub(r"\s+", " ", text)
+    t = re.sub(r"\s+([,;:.!?])", r"\1", t)
+    t = re.sub(r"([,;:])(?:\s*[,;:])+", r"\1", t)
+    t = re.sub(r"^[\s,;:]*(?:(?:and|but|so|also|then)\b[\s,]*)*", "", t, flags=re.I)
+    t = re.sub(r"[\s,;:]*(?:\b(?:and|but|so)\s*)*([.!?]?)$", r"\1", t, flags=re.I)
+    t = re.sub(r"([,;])\s*(?:(?:and|but|so|also)\b\s*)+(?=[,;]|$)", r"\1", t, flags=re.I)
+    return re.sub(r"([,;:])(?:\s*[,;:])+", r"\1", t).strip(" ,;:")
+
+def clean_clauses(
+    sentence: str, # one sentence, or one part of a `;`-separated annotation
+) -> dict: # text: the cleaned sentence ("" when nothing visible is left; unchanged when no rule fires), edits: the rules that fired
+    "A sentence with its hedges stripped to the finding and its interpretive clauses dropped (`HEDGE_CUES`, `INTERPRETATION_CUES`)."
+    s, edits = one_line(sentence), []
+    if not s: return dict(text="", edits=[])
+    end = s[-1] if s[-1] in ".!?" else ""
+    body = (s[:-1] if end else s).strip()
+    if re.fullmatch(REFERENCE, body, flags=re.I): return dict(text="", edits=["reference"])
+    if re.fullmatch(VERDICT, body, flags=re.I): return dict(text="", edits=["verdict"])
+    for name, pat in INTERPRETATION_CUES.items():
+        while (m := re.search(pat, body, flags=re.I)):
+            edits.append(name)
+            before, rest = body[:m.start()], body[m.end():]
+            if re.match(r"(?:is|are|was|were)\b", m.group(0), flags=re.I) or not re.search(r"\w", before):
+                return dict(text="", edits=edits)  # the sentence itself is the interpretation
+            body = before.rstrip(" ,") + (rest[rest.find(";"):] if ";" in rest else "")
+    for name, pat in HEDGE_CUES.items():
+        new = re.sub(pat, "", body, flags=re.I)
+        if new != body: edits.append(name); body = new
+    if not edits: return dict(text=s, edits=[])
+    body = _tidy(body)
+    if not re.search(r"[A-Za-z0-9]", body): return dict(text="", edits=edits)
+    if s[:1].isupper() and body[:1].islower(): body = body[0].upper() + body[1:]
+    return dict(text=body + end, edits=edits)
