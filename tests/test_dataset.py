@@ -56,7 +56,9 @@ def chain(tmp_path_factory, corpus, man):
             rows.append(dict(clip_id=cid, video_id=vid, start_s=float(a), end_s=float(b), file=f"{cid}.mp4",
                              **man.loc[vid, ["title", "domain", "modality", "label", "license", "source", "doi"]].to_dict()))
     seg = pd.DataFrame(rows)
-    cap = seg.assign(brief_caption=lambda x: "A " + x.modality + " clip.", detailed_caption=lambda x: "This clip shows " + x.modality + ": " + x.title,
+    cap = seg.assign(caption_medgen_brief=lambda x: "A " + x.modality + " clip.", caption_medgen_detailed=lambda x: "This clip shows " + x.modality + ".",
+                     caption_ophora_refined=lambda x: "This clip shows " + x.modality + ".",
+                     caption_bora_background=lambda x: "This clip shows " + x.modality + ". Its dataset: " + x.title,
                      camera_motion="static", caption_backend="grounded")
     rej = append_rejections(None, [rejection("bad_truncated", "ingest", "unreadable", "decoding failed"),
                                    rejection("neg_classroom", "select", "no_medical_keyword", "0 hits"),

@@ -96,3 +96,31 @@ def test_training_data_must_match(model):
     m, _, tokenizer = model
     with pytest.raises(ValueError, match="same videos"):
         train_domain_clip(m, tokenizer, {"a": np.zeros((1, 8, 8, 3), np.uint8)}, {"b": "x"})
+
+
+TRAIN_TWICE = """import sys, hashlib
+from pathlib import Path
+from medgen.curate.domain_clip import create_domain_clip, sample_frames, save_domain_clip, train_domain_clip, video_text
+from medgen.curate.ingest import read_manifest
+corpus, config, out = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+videos = read_manifest(corpus / "manifest.csv").set_index("video_id", drop=False).loc[sys.argv[4].split(",")]
+frames, _ = sample_frames(videos, corpus, fps=1, max_side=128, stage="domain_clip", progress=False)
+model, _, tokenizer, cfg = create_domain_clip(config, seed=0)
+train_domain_clip(model, tokenizer, {v: f for v, (f, _) in frames.items()}, {v: video_text(videos.loc[v]) for v in frames},
+                  epochs=1, warmup_steps=2, seed=0, progress=False)
+save_domain_clip(model, out, cfg)
+print(hashlib.sha256((out / "open_clip_model.safetensors").read_bytes()).hexdigest())
+"""
+
+
+def test_training_twice_gives_the_same_bytes(tmp_path, corpus, config):
+    "Two training runs in separate processes (their heaps filled differently) write byte-identical weights on one machine."
+    import os, subprocess, sys
+    digests = []
+    for k, perturb in enumerate([None, "77"]):
+        env = {k2: v for k2, v in os.environ.items() if k2 != "MALLOC_PERTURB_"} | ({"MALLOC_PERTURB_": perturb} if perturb else {})
+        r = subprocess.run([sys.executable, "-c", TRAIN_TWICE, str(corpus), str(config), str(tmp_path / f"run{k}"), ",".join(TRAIN)],
+                           env=env, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        digests.append(r.stdout.split()[-1])
+    assert digests[0] == digests[1], digests

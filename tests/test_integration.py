@@ -111,7 +111,7 @@ def test_dvc_repro_curation_chain(repo):
     assert set(selected.video_id) == set(clips.video_id) | set(seg_rows.video_id)  # every selected video: clips or a reason
     captions = pd.read_parquet(art / "caption" / "captions.parquet")
     assert sorted(captions.clip_id) == sorted(clips.clip_id)
-    assert (captions.caption_backend == "grounded").all() and (captions.detailed_caption.str.split().str.len() > 20).all()
+    assert (captions.caption_backend == "grounded").all() and (captions.caption_medgen_detailed.str.split().str.len() > 20).all()
     # each clip carries what later stages need: its file, its source video, its licence
     border = pd.read_parquet(art / "filter_border" / "clips.parquet")
     assert {"file", "video_id", "license"} <= set(border.columns)
@@ -196,7 +196,7 @@ def test_empty_clip_set_flows_to_the_dataset(repo):
     stages = ["caption", *(f"filter_{f}" for f in params["filters"]), "dataset"]
     for stage in stages:
         assert "Nothing to do: no clip reached" in (repo / "reports" / f"{stage}.ipynb").read_text(), stage
-    assert "detailed_caption" in pd.read_parquet(art / "caption" / "captions.parquet").columns  # empty, with its columns
+    assert "caption_medgen_detailed" in pd.read_parquet(art / "caption" / "captions.parquet").columns  # empty, with its columns
     metrics = json.loads((art / "dataset" / "metrics.json").read_text())
     assert metrics["clips"] == 0, metrics
     funnel = pd.read_parquet(art / "dataset" / "funnel.parquet")
