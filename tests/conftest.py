@@ -76,6 +76,7 @@ def defect_set_of(corpus):
             clips = load_sources(corpus, sources, fps=p["clip_fps"], duration_s=p["clip_seconds"], max_side=p["clip_max_side"])
             donors = {part: load_face_donors(specs, corpus) for part, specs in p["face_donors"].items()}
             cache[key] = build_defect_set(clips, seed=seed, fps=p["clip_fps"], defects=defects, progress=False, donors=donors,
-                                          parts={s: parts.get(s, "calibration") for s in sources}, natural_faces=faces)
+                                          parts={s: parts.get(s, "calibration") for s in sources}, natural_faces=faces,
+                                          natural_borders=[s for s in p["natural_borders"] if s in sources])
         return cache[key]
     return make

@@ -259,11 +259,12 @@ _EXPECT = {
     "face":      (_F, _F, _N, _F, _F, _T),
 }
 
-def expected_decisions(defect: str, natural_face: bool = False, natural_static: bool = False) -> dict:
+def expected_decisions(defect: str, natural_face: bool = False, natural_static: bool = False, natural_border: bool = False) -> dict:
     "Whether each filter should remove/flag a clip with `defect` (None: the filter is not meant to judge it)."
     key = "border" if defect.startswith("border_") else defect
     if key not in _EXPECT: raise KeyError(f"unknown defect {defect!r}; known: {sorted(_EXPECT)} and border_*")
     border, ocr, aes, tech, dyn, priv = _EXPECT[key]
+    if natural_border: border = None if key == "jumpy" else True  # its own bars stay on every copy (jumpy cuts to other clips)
     if natural_static: dyn = True if key in ("clean", "static", "jumpy") else None  # a static source: its copies are static unless a defect adds change
     joint = True if (aes and tech) else False if (aes is False and tech is False) else None
     return dict(border=border, ocr=ocr, aesthetic=aes, technical=tech, joint=joint, dynamics=dyn,
@@ -326,6 +327,7 @@ def build_defect_set(clips: dict[str, np.ndarray], # source id -> frames at `fps
                      donors=None, # part -> donor faces (`load_face_donors`), or one list for every part; None: no face defect
                      parts: dict[str, str] | None = None, # source id -> 'calibration' | 'evaluation' (None: all 'calibration')
                      natural_faces=(), # sources that show a face of their own: kept clean only
+                     natural_borders=(), # sources with black bars of their own (annotated by eye): the border filter should act on them
                      modality: dict | None = None, sentences: list[str] | None = None, progress: bool = True) -> DefectSet:
     "Clean + injected versions of `clips` with one label row per clip; a source's defects use only its own part's sources and faces."
     from tqdm.auto import tqdm
@@ -341,9 +343,10 @@ def build_defect_set(clips: dict[str, np.ndarray], # source id -> frames at `fps
         frames[name] = arr
         vis = border_visible(clips[cid], BORDER_SIDES[defect]) if defect in BORDER_SIDES else None
         rows.append(dict(clip=name, source=cid, part=parts[cid], modality=(modality or {}).get(cid, ""), defect=defect, level=level,
-                         severity=param, natural_face=cid in natural_faces, natural_static=static[cid], border_visible=vis,
+                         severity=param, natural_face=cid in natural_faces, natural_static=static[cid], natural_border=cid in natural_borders,
+                         border_visible=vis,
                          face_donor=donor or "", **{f"face_{k}": float(v) for k, v in zip(("r0", "r1", "c0", "c1"), box)},
-                         **{f"expect_{k}": v for k, v in expected_decisions(defect, cid in natural_faces, static[cid]).items()}))
+                         **{f"expect_{k}": v for k, v in expected_decisions(defect, cid in natural_faces, static[cid], cid in natural_borders).items()}))
     for cid in ids: add(f"{cid}__clean", clips[cid], cid, "clean", 0, np.nan)
     faced = [c for c in ids if c not in natural_faces]
     work = [(cid, d, lv) for cid in faced for d in defects if not (d == "face" and not (donors or {}).get(parts[cid]))
