@@ -39,7 +39,7 @@ def repo(tmp_path_factory, corpus):
     rt = ruamel.yaml.YAML()  # a knob edit in the copy (the defect set's sources), comments kept as DVC keeps them
     with open(dest / "params.yaml") as f: params = rt.load(f)
     params["defects"].update(calibration_sources=["us_normal_convex_182106", "neg_classroom", "neg_asl_help"],
-                             evaluation_sources=["us_covid_blines_volpicelli_v2", "neg_asl_eat"], natural_faces=["neg_asl_help", "neg_asl_eat"],
+                             evaluation_sources=["us_covid_blines_volpicelli_v2", "neg_people_detection", "neg_asl_eat"], natural_faces=["neg_asl_help", "neg_asl_eat"],
                              face_donors={"calibration": [{"image": "skimage:astronaut", "face_box": [68, 178, 172, 278]}],
                                           "evaluation": [{"image": "skimage:lfw:0", "face_box": [0, 25, 0, 25]}]})
     with open(dest / "params.yaml", "w") as f: rt.dump(params, f)

@@ -349,6 +349,9 @@ def build_defect_set(clips: dict[str, np.ndarray], # source id -> frames at `fps
                          **{f"expect_{k}": v for k, v in expected_decisions(defect, cid in natural_faces, static[cid], cid in natural_borders).items()}))
     for cid in ids: add(f"{cid}__clean", clips[cid], cid, "clean", 0, np.nan)
     faced = [c for c in ids if c not in natural_faces]
+    lonely = sorted({parts[c] for c in faced if sum(parts[o] == parts[c] for o in faced) < 2})
+    if "jumpy" in defects and lonely:  # jumpy cuts to other clips of the same part: a part needs two sources without a face of their own
+        raise ValueError(f"the jumpy defect needs at least two sources without a natural face in each part; part(s) {lonely} have one")
     work = [(cid, d, lv) for cid in faced for d in defects if not (d == "face" and not (donors or {}).get(parts[cid]))
             for lv in range(1, len(DEFECTS[d]) + 1)]
     for cid, d, lv in tqdm(work, desc="inject defects", unit="clip", disable=not progress):

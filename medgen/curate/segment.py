@@ -12,7 +12,6 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from ..core import get_logger, rejection, write_json
 from ..video import VideoError, read_frames, write_video
