@@ -190,7 +190,7 @@ def evaluate_filter(name: str, ds, sample: dict, settings: dict | None = None,
                     other_levels: str = "all", # `evaluation_labels`
                     part: str | None = None, # score only this part of the set (None: both)
                     progress: bool = True, executor=None):
-    "Score the defect-set clips with filter `name` (mapped by `executor`): per-clip table and metrics (overall and `by_part`)."
+    "Score the defect-set clips with filter `name` (mapped by `executor`): per-clip table and `defect_metrics` (split it by `part` for per-part numbers)."
     from medgen.executor import Executor
     labels = evaluation_labels(ds.labels, name, defects, other_levels, part)
     items = [(r, ds.frames[r["clip"]] if ds.frames is not None else str(ds.clips_dir / r["file"])) for r in labels.to_dict("records")]
@@ -198,7 +198,6 @@ def evaluate_filter(name: str, ds, sample: dict, settings: dict | None = None,
                                         items, desc=f"evaluate {name}" + (f" ({part})" if part else ""), progress=progress)
     res = pd.DataFrame(rows).merge(labels, on="clip")
     metrics = defect_metrics(res, name)
-    metrics["by_part"] = {p: defect_metrics(g, name) for p, g in res.groupby("part")} if "part" in res else {}
     metrics["flag_rate_by_defect"] = {f"{d}_{lv}" if lv else d: round(float(g.flagged.mean()), 4)
                                       for (d, lv), g in res.groupby(["defect", "level"])}
     return res, metrics
@@ -220,6 +219,13 @@ def confusion_by_kind(res: pd.DataFrame, # `evaluate_filter`'s per-clip table
 # %% ../../nbs/26_filters.ipynb #7ccb6fe0
 CALIBRATE = "calibrate"  # a setting with this value is chosen on the calibration part by `calibrate_settings`
 
+def _candidates(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
+    "Threshold candidates: below the lowest score, the midpoints between distinct scores, above the highest (checks both classes exist)."
+    if positive.all() or not positive.any():
+        raise ValueError(f"the rule needs positives and negatives, got {int(positive.sum())} and {int((~positive).sum())}")
+    u = np.unique(scores)
+    return np.concatenate([[u[0] - 1e-9], (u[:-1] + u[1:]) / 2, [u[-1] + 1e-9]])
+
 def youden_threshold(scores, # one score per clip
                      positive, # True: the filter should act on the clip; False: it should keep it
                      direction: str = "below", # the filter acts on scores below (above) the threshold
@@ -227,9 +233,8 @@ def youden_threshold(scores, # one score per clip
     "The documented rule: the threshold with the largest Youden's J = TPR - FPR (midpoints between scores; ties: the most lenient)."
     s, y = np.asarray(scores, float), np.asarray(positive, bool)
     if direction not in ("below", "above"): raise ValueError(f"direction must be 'below' or 'above', got {direction!r}")
-    if y.all() or not y.any(): raise ValueError(f"the rule needs positives and negatives, got {int(y.sum())} and {int((~y).sum())}")
     if direction == "above": s = -s
-    u = np.unique(s); cand = np.concatenate([[u[0] - 1e-9], (u[:-1] + u[1:]) / 2, [u[-1] + 1e-9]])
+    cand = _candidates(s, y)
     acts = s[None, :] < cand[:, None]
     tpr, fpr = acts[:, y].mean(1), acts[:, ~y].mean(1)
     j = tpr - fpr
@@ -240,13 +245,11 @@ def youden_threshold(scores, # one score per clip
 def youden_joint(aesthetic, technical, positive, direction: str = "below") -> dict:
     "The same rule for the joint filter's pair of thresholds (acts when technical fails AND aesthetic is below): a grid of midpoints."
     a, t, y = np.asarray(aesthetic, float), np.asarray(technical, float), np.asarray(positive, bool)
-    if y.all() or not y.any(): raise ValueError(f"the rule needs positives and negatives, got {int(y.sum())} and {int((~y).sum())}")
     ts = -t if direction == "above" else t
-    mids = lambda v: (lambda u: np.concatenate([[u[0] - 1e-9], (u[:-1] + u[1:]) / 2, [u[-1] + 1e-9]]))(np.unique(v))
     best = None
-    for ct in mids(ts):
+    for ct in _candidates(ts, y):
         tech_fails = ts < ct
-        for ca in mids(a):
+        for ca in _candidates(a, y):
             acts = tech_fails & (a < ca)
             j = acts[y].mean() - acts[~y].mean()
             if best is None or j > best[0] + 1e-12: best = (j, ct, ca, acts[y].mean(), acts[~y].mean())
@@ -256,11 +259,12 @@ def youden_joint(aesthetic, technical, positive, direction: str = "below") -> di
 
 def decide(name: str, res: pd.DataFrame, settings: dict) -> pd.Series:
     "Re-take the quality filters' decisions from the scores in `res` (the evaluation table) with `settings`' thresholds."
-    from medgen.curate.quality import _fails
+    from medgen.curate.quality import _fails, joint_decision  # the scorers' own rules, not a copy of them
+    direction = settings.get("direction", "below")
     if name == "aesthetic": return res.aesthetic < settings["threshold"]
-    if name == "technical": return res.technical.map(lambda s: _fails(s, settings["threshold"], settings.get("direction", "below")))
-    if name == "joint": return res.technical.map(lambda s: _fails(s, settings["technical_threshold"], settings.get("direction", "below"))) & \
-                               (res.aesthetic < settings["aesthetic_threshold"])
+    if name == "technical": return res.technical.map(lambda s: _fails(s, settings["threshold"], direction))
+    if name == "joint": return pd.Series([joint_decision(a, t, settings["aesthetic_threshold"], settings["technical_threshold"], direction)[0]
+                                          for a, t in zip(res.aesthetic, res.technical)], index=res.index)
     raise ValueError(f"filter {name!r} has no calibrated threshold (only aesthetic, technical and joint do)")
 
 def calibrate_settings(name: str, # the filter
