@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['FAMILIES', 'Family', 'family', 'minilm_text_encoder', 'build_small', 'ModelNotFound', 'load_pipeline',
-           'generation_kwargs', 'generate_video']
+__all__ = ['FAMILIES', 'COGVIDEOX_SCHEDULER', 'Family', 'family', 'minilm_text_encoder', 'build_small', 'ModelNotFound',
+           'load_pipeline', 'generation_kwargs', 'generate_video']
 
 # %% ../../nbs/40_models.ipynb #4697ee59
 @dataclass(frozen=True)
@@ -50,29 +50,33 @@ def minilm_text_encoder():
     return encoder, AutoTokenizer.from_pretrained(path)
 
 # %% ../../nbs/40_models.ipynb #9a9f6b79
-def _small_wan(te, tok, heads, head_dim, layers):
+def _small_wan(te, tok, heads, head_dim, layers, vae_dim):
     import diffusers as D
-    vae = D.AutoencoderKLWan(base_dim=16, z_dim=8, dim_mult=[1, 2, 4], num_res_blocks=1, temperal_downsample=[False, True],
+    vae = D.AutoencoderKLWan(base_dim=vae_dim, z_dim=8, dim_mult=[1, 2, 4], num_res_blocks=1, temperal_downsample=[False, True],
                              scale_factor_temporal=2, scale_factor_spatial=4, latents_mean=[0.0] * 8, latents_std=[1.0] * 8)
     tr = D.WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=head_dim, in_channels=8,
                                  out_channels=8, text_dim=384, freq_dim=64, ffn_dim=4 * heads * head_dim, num_layers=layers)
     sched = D.UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
     return D.WanPipeline(tokenizer=tok, text_encoder=te, vae=vae, transformer=tr, scheduler=sched)
 
-def _small_cogvideox(te, tok, heads, head_dim, layers):
+# THUDM/CogVideoX-2b's scheduler_config.json: v-prediction on a zero-terminal-SNR schedule (the class defaults differ)
+COGVIDEOX_SCHEDULER = dict(prediction_type="v_prediction", rescale_betas_zero_snr=True, timestep_spacing="trailing", snr_shift_scale=3.0,
+                           beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=True, steps_offset=0)
+
+def _small_cogvideox(te, tok, heads, head_dim, layers, vae_dim):
     import diffusers as D
-    vae = D.AutoencoderKLCogVideoX(block_out_channels=(16, 16, 32), down_block_types=("CogVideoXDownBlock3D",) * 3,
+    vae = D.AutoencoderKLCogVideoX(block_out_channels=(vae_dim, vae_dim, 2 * vae_dim), down_block_types=("CogVideoXDownBlock3D",) * 3,
                                    up_block_types=("CogVideoXUpBlock3D",) * 3, latent_channels=8, layers_per_block=1,
                                    norm_num_groups=8, temporal_compression_ratio=4, sample_height=64, sample_width=64)
     tr = D.CogVideoXTransformer3DModel(num_attention_heads=heads, attention_head_dim=head_dim, in_channels=8, out_channels=8,
                                        time_embed_dim=64, text_embed_dim=384, num_layers=layers, sample_width=16, sample_height=16,
                                        sample_frames=9, patch_size=2, temporal_compression_ratio=4, max_text_seq_length=64)
-    return D.CogVideoXPipeline(tokenizer=tok, text_encoder=te, vae=vae, transformer=tr, scheduler=D.CogVideoXDDIMScheduler())
+    return D.CogVideoXPipeline(tokenizer=tok, text_encoder=te, vae=vae, transformer=tr, scheduler=D.CogVideoXDDIMScheduler(**COGVIDEOX_SCHEDULER))
 
-def _small_hunyuan(te, tok, heads, head_dim, layers):
+def _small_hunyuan(te, tok, heads, head_dim, layers, vae_dim):
     import diffusers as D
     te2, tok2 = minilm_text_encoder()  # HunyuanVideo has two text encoders (an LLM and CLIP's pooled text): MiniLM serves both
-    vae = D.AutoencoderKLHunyuanVideo(latent_channels=8, block_out_channels=(16, 16, 32), down_block_types=("HunyuanVideoDownBlock3D",) * 3,
+    vae = D.AutoencoderKLHunyuanVideo(latent_channels=8, block_out_channels=(vae_dim, vae_dim, 2 * vae_dim), down_block_types=("HunyuanVideoDownBlock3D",) * 3,
                                       up_block_types=("HunyuanVideoUpBlock3D",) * 3, layers_per_block=1, norm_num_groups=8,
                                       spatial_compression_ratio=4, temporal_compression_ratio=4, mid_block_add_attention=False)
     tr = D.HunyuanVideoTransformer3DModel(in_channels=8, out_channels=8, num_attention_heads=heads, attention_head_dim=head_dim,
@@ -82,15 +86,15 @@ def _small_hunyuan(te, tok, heads, head_dim, layers):
     return D.HunyuanVideoPipeline(tokenizer=tok, text_encoder=te, tokenizer_2=tok2, text_encoder_2=te2, vae=vae, transformer=tr,
                                   scheduler=D.FlowMatchEulerDiscreteScheduler(shift=7.0))
 
-def _small_mochi(te, tok, heads, head_dim, layers):
+def _small_mochi(te, tok, heads, head_dim, layers, vae_dim):
     import diffusers as D
-    vae = D.AutoencoderKLMochi(latent_channels=12, encoder_block_out_channels=(32, 32, 32, 64), decoder_block_out_channels=(32, 32, 32, 64),
+    vae = D.AutoencoderKLMochi(latent_channels=12, encoder_block_out_channels=(2 * vae_dim,) * 3 + (4 * vae_dim,), decoder_block_out_channels=(2 * vae_dim,) * 3 + (4 * vae_dim,),
                                layers_per_block=(1, 1, 1, 1, 1), temporal_expansions=(1, 2, 3), spatial_expansions=(2, 2, 2),
                                add_attention_block=(False,) * 5, latents_mean=[0.0] * 12, latents_std=[1.0] * 12)
     tr = D.MochiTransformer3DModel(patch_size=2, num_attention_heads=heads, attention_head_dim=head_dim, num_layers=layers,
                                    pooled_projection_dim=heads * head_dim, in_channels=12, text_embed_dim=384, time_embed_dim=64,
                                    max_sequence_length=64)
-    return D.MochiPipeline(tokenizer=tok, text_encoder=te, vae=vae, transformer=tr, scheduler=D.FlowMatchEulerDiscreteScheduler())
+    return D.MochiPipeline(tokenizer=tok, text_encoder=te, vae=vae, transformer=tr, scheduler=D.FlowMatchEulerDiscreteScheduler(invert_sigmas=True))  # Mochi's reversed timesteps (as genmo's config)
 
 _BUILDERS = {"wan": _small_wan, "cogvideox": _small_cogvideox, "hunyuan": _small_hunyuan, "mochi": _small_mochi}
 
@@ -98,13 +102,14 @@ _BUILDERS = {"wan": _small_wan, "cogvideox": _small_cogvideox, "hunyuan": _small
 def build_small(name: str, # the family
                 seed: int = 0, # seeds the random initial weights of the VAE and the denoiser
                 heads: int = 4, head_dim: int = 16, layers: int = 2, # the denoiser's size
+                vae_dim: int = 16, # the VAE's base channel width (its blocks use 1x, 2x, 4x of it)
                ):
     "A small pipeline of family `name` with random VAE and denoiser weights and the frozen pretrained MiniLM as text encoder."
     family(name)
     if head_dim % 8: raise ValueError(f"head_dim must be a multiple of 8 (rotary axes), got {head_dim}")
     te, tok = minilm_text_encoder()
     torch.manual_seed(seed)
-    pipe = _BUILDERS[name](te, tok, heads, head_dim, layers)
+    pipe = _BUILDERS[name](te, tok, heads, head_dim, layers, vae_dim)
     for m in (pipe.vae, pipe.transformer): m.eval()  # constructed models start in train mode
     return pipe
 
