@@ -20,7 +20,7 @@ from .objectives import denoising_loss, noise_levels, take, text_conditions
 # %% auto #0
 __all__ = ['TrainConfig', 'resolve_precision', 'set_trainable', 'parameter_counts', 'TrainData', 'balanced_weights',
            'MemoryMeter', 'last_checkpoint', 'save_weights', 'train_denoiser', 'validation_videos', 'write_variant',
-           'load_variant']
+           'load_variant', 'heldout_loss']
 
 # %% ../../nbs/46_train.ipynb #38ad0b72
 @dataclass
@@ -296,3 +296,26 @@ def load_variant(path: str | Path, # a variant folder (variant.json) or a saved 
         cls = type(pipe.transformer)
         pipe.transformer = cls.from_pretrained(path / v["transformer"], torch_dtype=dtype).to(device).eval()
     return pipe, fam
+
+# %% ../../nbs/46_train.ipynb #091b29b3
+@torch.no_grad()
+def heldout_loss(pipe, family: str, latents: torch.Tensor, captions: list[str],
+                 seed: int = 0, # fixes the noise
+                 levels: int = 8, # noise levels (u = (i + 0.5) / levels), each applied to every window
+                 shift: float = 1.0, max_sequence_length: int = 64, batch_size: int = 16) -> float:
+    "Mean denoising loss over windows x fixed noise levels, with fixed noise: comparable across models."
+    if len(latents) == 0: raise ValueError("no latents to evaluate on")
+    tr = pipe.transformer; was = tr.training; tr.eval()
+    texts = sorted(set(captions)); cond = text_conditions(pipe, family, texts, max_sequence_length)
+    cap = torch.tensor([texts.index(c) for c in captions])
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn((levels, *latents.shape), generator=g)
+    total, n = 0.0, 0
+    for k in range(levels):
+        u = torch.full((len(latents),), (k + 0.5) / levels)
+        for i in range(0, len(latents), batch_size):
+            sl = slice(i, i + batch_size)
+            loss = denoising_loss(tr, family, pipe.scheduler, latents[sl], take(cond, cap[sl]), noise[k, sl], u[sl], shift)
+            total += loss.sum().item(); n += len(loss)
+    tr.train(was)
+    return total / n
