@@ -15,7 +15,7 @@ import torch
 from ..video import read_frames
 
 # %% auto #0
-__all__ = ['LUMA', 'square_frames', 'read_clip', 'clip_windows', 'to_model', 'from_model', 'general_augment']
+__all__ = ['LUMA', 'square_frames', 'read_clip', 'clip_windows', 'to_model', 'from_model', 'general_augment', 'video_windows']
 
 # %% ../../nbs/43_clips.ipynb #b3d7b969
 def square_frames(frames: np.ndarray, # RGB frames (T,H,W,3) uint8
@@ -75,3 +75,23 @@ def general_augment(x: torch.Tensor, # (B,3,T,H,W) in [-1, 1]
     img = img * (1 - amount) + luma * amount
     img = (img.clamp(0, 1) ** u(*gamma)) * u(*gain)
     return img.clamp(0, 1) * 2 - 1
+
+# %% ../../nbs/43_clips.ipynb #4a842207
+def video_windows(paths: dict[str, str | Path], # name -> video file
+                  fps: float, side: int, num_frames: int, stride: int,
+                  max_seconds: float | None = None,
+                 ) -> tuple[np.ndarray, "pd.DataFrame", "pd.DataFrame"]: # windows (N,num_frames,side,side,3), index (name, start), errors (name, reason)
+    "Windows of every video, with a table saying where each came from and a table of the videos that gave none."
+    import pandas as pd
+    from medgen.video import VideoError
+    out, index, errors = [], [], []
+    for name, path in paths.items():
+        try: frames = read_clip(path, fps, side, max_seconds)
+        except (VideoError, OSError, ValueError) as e:
+            errors.append(dict(name=name, reason="unreadable", detail=f"{type(e).__name__}: {e}")); continue
+        w = clip_windows(frames, num_frames, stride)
+        if len(w) == 0:
+            errors.append(dict(name=name, reason="too_short", detail=f"{len(frames)} frames at {fps} fps < {num_frames}")); continue
+        out.append(w); index += [dict(name=name, start=s * stride) for s in range(len(w))]
+    windows = np.concatenate(out) if out else np.zeros((0, num_frames, side, side, 3), np.uint8)
+    return windows, pd.DataFrame(index, columns=["name", "start"]), pd.DataFrame(errors, columns=["name", "reason", "detail"])
