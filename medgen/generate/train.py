@@ -190,12 +190,17 @@ def train_denoiser(pipe, # the family's pipeline (VAE and text encoder frozen; i
     empty = texts.index("") if config.cfg > 0 else -1
     latents = data.latents.to(acc.device)
 
-    start, ckpt = last_checkpoint(out_dir) if resume else (0, None)
+    # resume only a run with the same settings: a checkpoint of other settings would silently mix two runs
+    settings = json.dumps(dict(asdict(config), family=family, windows=len(data.latents)), sort_keys=True, default=str)
+    same = (out_dir / "checkpoints" / "config.json").exists() and (out_dir / "checkpoints" / "config.json").read_text() == settings
+    start, ckpt = last_checkpoint(out_dir) if resume and same else (0, None)
     log = []
     if ckpt is not None:
         acc.load_state(str(ckpt))
         log = pd.read_csv(ckpt / "train_log.csv").to_dict("records")
-    elif (out_dir / "checkpoints").exists(): shutil.rmtree(out_dir / "checkpoints")  # a fresh run: old checkpoints would mislead a later resume
+    else:  # a fresh run: old checkpoints would mislead a later resume
+        if (out_dir / "checkpoints").exists(): shutil.rmtree(out_dir / "checkpoints")
+        (out_dir / "checkpoints").mkdir(parents=True); (out_dir / "checkpoints" / "config.json").write_text(settings)
 
     t_run = time.time()
     with MemoryMeter(acc.device) as mem:
@@ -266,7 +271,7 @@ def validation_videos(pipe, family: str, prompts: list[str], config: TrainConfig
     pipe.transformer.train(was_training)
     return paths
 
-# %% ../../nbs/46_train.ipynb #7c06ff10
+# %% ../../nbs/46_train.ipynb #ca6f5b56
 def write_variant(dest: str | Path, # the variant's folder
                   family: str, base: str, # the family and the base pipeline (folder or hub id)
                   adapter: str | None = None, transformer: str | None = None, # sub-folders of dest holding the weights
@@ -297,7 +302,7 @@ def load_variant(path: str | Path, # a variant folder (variant.json) or a saved 
         pipe.transformer = cls.from_pretrained(path / v["transformer"], torch_dtype=dtype).to(device).eval()
     return pipe, fam
 
-# %% ../../nbs/46_train.ipynb #091b29b3
+# %% ../../nbs/46_train.ipynb #b4fb0a36
 @torch.no_grad()
 def heldout_loss(pipe, family: str, latents: torch.Tensor, captions: list[str],
                  seed: int = 0, # fixes the noise
