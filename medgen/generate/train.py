@@ -294,6 +294,8 @@ def load_variant(path: str | Path, # a variant folder (variant.json) or a saved 
         if family is None: raise ValueError(f"{path} has no variant.json: give its family")
         return load_pipeline(family, path, dtype, device), family
     v = json.loads((path / "variant.json").read_text())
+    if v["base"] == ".":  # a pipeline folder that names its own family (the embedded base)
+        return load_pipeline(v["family"], path, dtype, device), v["family"]
     base = v["base"] if not (path / v["base"]).exists() else path / v["base"]
     pipe, fam = load_variant(base, v["family"], dtype, device)
     if v.get("adapter"): pipe.load_lora_weights(path / v["adapter"])
