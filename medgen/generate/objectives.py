@@ -74,6 +74,7 @@ def denoising_loss(transformer, # the family's denoiser
                   ) -> torch.Tensor: # (B,) mean squared error per sample
     "The family's denoising objective for one batch, per sample."
     b = latents.shape[0]
+    core = getattr(transformer, "module", transformer)  # a DDP-wrapped denoiser keeps its config on .module
     if family in FLOW:
         sigma = shift_sigmas(u, shift).view(b, 1, 1, 1, 1)
         noisy = (1 - sigma) * latents + sigma * noise
@@ -81,14 +82,14 @@ def denoising_loss(transformer, # the family's denoiser
         target = noise - latents
         if family == "mochi": t, target = 1000 - t, -target  # Mochi's reversed time: it predicts x0 - n at 1000 (1 - σ)
         kw = dict(cond)
-        if family == "hunyuan" and transformer.config.guidance_embeds: kw["guidance"] = torch.full((b,), HUNYUAN_GUIDANCE * 1000.0)
-        pred = transformer(hidden_states=noisy.to(transformer.dtype), timestep=t.to(transformer.dtype), return_dict=False, **kw)[0]
+        if family == "hunyuan" and core.config.guidance_embeds: kw["guidance"] = torch.full((b,), HUNYUAN_GUIDANCE * 1000.0)
+        pred = transformer(hidden_states=noisy.to(core.dtype), timestep=t.to(core.dtype), return_dict=False, **kw)[0]
     elif family == "cogvideox":
         t = (u * scheduler.config.num_train_timesteps).long().clamp(max=scheduler.config.num_train_timesteps - 1)
         x0, n = latents.transpose(1, 2), noise.transpose(1, 2)  # CogVideoX works frames-first
         noisy = scheduler.add_noise(x0, n, t)
         target = scheduler.get_velocity(x0, n, t) if scheduler.config.prediction_type == "v_prediction" else n
-        pred = transformer(hidden_states=noisy.to(transformer.dtype), timestep=t, return_dict=False, **cond)[0]
+        pred = transformer(hidden_states=noisy.to(core.dtype), timestep=t, return_dict=False, **cond)[0]
     else: raise KeyError(f"unknown family {family!r}")
     return F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(1)
 

@@ -20,7 +20,7 @@ from .objectives import denoising_loss, noise_levels, take, text_conditions
 # %% auto #0
 __all__ = ['TrainConfig', 'resolve_precision', 'set_trainable', 'parameter_counts', 'TrainData', 'balanced_weights',
            'MemoryMeter', 'last_checkpoint', 'save_weights', 'train_denoiser', 'validation_videos', 'write_variant',
-           'load_variant', 'heldout_loss']
+           'load_variant', 'launch_processes', 'launch_training', 'train_from_spec', 'heldout_loss']
 
 # %% ../../nbs/46_train.ipynb #38ad0b72
 @dataclass
@@ -130,9 +130,10 @@ class MemoryMeter:
         self.peak = max(self.peak, self.proc.memory_info().rss)
         self.peak_mb = (torch.cuda.max_memory_allocated() if self.device.startswith("cuda") else self.peak - self.start) / 2 ** 20
 
-# %% ../../nbs/46_train.ipynb #f769eb4b
-def _step_generator(seed: int, step: int, micro: int) -> torch.Generator:
-    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step, micro]).generate_state(1)[0]))
+# %% ../../nbs/46_train.ipynb #e23e78f4
+def _step_generator(seed: int, step: int, micro: int, rank: int = 0) -> torch.Generator:
+    # each process of a multi-GPU run draws its own batch; process 0 draws what a single process draws
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step, micro] + ([rank] if rank else [])).generate_state(1)[0]))
 
 def _checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
     found = [(int(p.name.split("-")[1]), p) for p in (out_dir / "checkpoints").glob("checkpoint-*") if p.name.split("-")[1].isdigit()]
@@ -198,16 +199,17 @@ def train_denoiser(pipe, # the family's pipeline (VAE and text encoder frozen; i
     if ckpt is not None:
         acc.load_state(str(ckpt))
         log = pd.read_csv(ckpt / "train_log.csv").to_dict("records")
-    else:  # a fresh run: old checkpoints would mislead a later resume
+    elif acc.is_main_process:  # a fresh run: old checkpoints would mislead a later resume
         if (out_dir / "checkpoints").exists(): shutil.rmtree(out_dir / "checkpoints")
         (out_dir / "checkpoints").mkdir(parents=True); (out_dir / "checkpoints" / "config.json").write_text(settings)
+    acc.wait_for_everyone()
 
     t_run = time.time()
     with MemoryMeter(acc.device) as mem:
         for step in range(start, config.max_train_steps):
             t0, losses = time.time(), []
             for micro in range(config.gradient_accumulation_steps):
-                g = _step_generator(config.seed, step, micro)
+                g = _step_generator(config.seed, step, micro, acc.process_index)
                 b = config.train_batch_size
                 idx = (torch.multinomial(data.weights, b, replacement=True, generator=g) if data.weights is not None
                        else torch.randint(len(latents), (b,), generator=g))
@@ -228,14 +230,18 @@ def train_denoiser(pipe, # the family's pipeline (VAE and text encoder frozen; i
             done = step + 1
             if config.checkpointing_steps and done % config.checkpointing_steps == 0 and done < config.max_train_steps:
                 _save_checkpoint(acc, out_dir, done, log, config.checkpoints_total_limit)
-            if config.validation_steps and done % config.validation_steps == 0 and validation_prompts:
+            if config.validation_steps and done % config.validation_steps == 0 and validation_prompts and acc.is_main_process:
                 with _ema_weights(ema, params): validation_videos(pipe, family, validation_prompts, config, out_dir / "validation" / f"step-{done:06d}")
     seconds = time.time() - t_run
+    acc.wait_for_everyone()
     transformer = acc.unwrap_model(transformer)
     transformer.eval()
     if ema is not None: ema.copy_to(params)
-    pd.DataFrame(log).to_csv(out_dir / "train_log.csv", index=False)
-    weights = save_weights(pipe, family, transformer, config, out_dir)
+    weights = out_dir / ("adapter" if config.use_lora else "transformer")
+    if acc.is_main_process:
+        pd.DataFrame(log).to_csv(out_dir / "train_log.csv", index=False)
+        save_weights(pipe, family, transformer, config, out_dir)
+    acc.wait_for_everyone()
     timed = [r["seconds"] for r in log[start:]]
     return dict(family=family, steps=config.max_train_steps, resumed_from=start, seconds=seconds,
                 seconds_per_step=float(np.median(timed)) if timed else None, peak_memory_mb=mem.peak_mb,
@@ -245,10 +251,13 @@ def _save_checkpoint(acc, out_dir: Path, step: int, log: list, limit: int):
     final = out_dir / "checkpoints" / f"checkpoint-{step}"
     tmp = out_dir / "checkpoints" / f".tmp-checkpoint-{step}"
     if tmp.exists(): shutil.rmtree(tmp)
-    acc.save_state(str(tmp))
-    pd.DataFrame(log).to_csv(tmp / "train_log.csv", index=False)
-    os.replace(tmp, final)  # complete or absent: a kill during the save leaves only a .tmp folder, never read
-    for _, old in _checkpoints(out_dir)[:-max(1, limit)]: shutil.rmtree(old)
+    acc.save_state(str(tmp))  # every process takes part (a sharded model saves its shards)
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        pd.DataFrame(log).to_csv(tmp / "train_log.csv", index=False)
+        os.replace(tmp, final)  # complete or absent: a kill during the save leaves only a .tmp folder, never read
+        for _, old in _checkpoints(out_dir)[:-max(1, limit)]: shutil.rmtree(old)
+    acc.wait_for_everyone()
 
 class _ema_weights:
     "Swap the EMA weights in for the block (validation samples what will be saved)."
@@ -304,7 +313,51 @@ def load_variant(path: str | Path, # a variant folder (variant.json) or a saved 
         pipe.transformer = cls.from_pretrained(path / v["transformer"], torch_dtype=dtype).to(device).eval()
     return pipe, fam
 
-# %% ../../nbs/46_train.ipynb #b4fb0a36
+# %% ../../nbs/46_train.ipynb #a7142d92
+def launch_processes(config_file: str | Path | None) -> int:
+    "Processes an accelerate config file starts (1 without a file)."
+    if not config_file: return 1
+    import yaml
+    cfg = yaml.safe_load(Path(config_file).read_text()) or {}
+    return int(cfg.get("num_processes", 1))
+
+def launch_training(base: str | Path, # the base (a variant or pipeline folder, or a hub id via variant.json)
+                    data: TrainData, config: TrainConfig, out_dir: str | Path,
+                    config_file: str | Path, # an accelerate config file
+                    resume: bool = True, validation_prompts: list[str] = (),
+                    init: str | Path | None = None, # a `transformer/` folder to start from (a recipe's earlier full step)
+                   ) -> dict:
+    "`train_denoiser` under `accelerate launch --config_file config_file`; returns the main process's summary."
+    import subprocess, sys
+    out_dir = Path(out_dir); spec_dir = out_dir / "launch"; spec_dir.mkdir(parents=True, exist_ok=True)
+    torch.save(dict(latents=data.latents, captions=list(data.captions), weights=data.weights), spec_dir / "data.pt")
+    spec = dict(base=str(base), init=str(init) if init else None, data=str(spec_dir / "data.pt"), config=asdict(config),
+                out_dir=str(out_dir), resume=resume, validation_prompts=list(validation_prompts))
+    (spec_dir / "spec.json").write_text(json.dumps(spec, indent=1))
+    accelerate = Path(sys.executable).with_name("accelerate")
+    cmd = [str(accelerate) if accelerate.exists() else "accelerate", "launch", "--config_file", str(config_file),
+           "-m", "medgen.generate.train", str(spec_dir / "spec.json")]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode: raise RuntimeError(f"accelerate launch failed ({r.returncode}):\n{r.stderr[-3000:]}")
+    return json.loads((out_dir / "summary.json").read_text())
+
+def train_from_spec(spec_path: str | Path) -> dict:
+    "The body of one launched process: load the base (and `init`), train, and (main process) write `summary.json`."
+    spec = json.loads(Path(spec_path).read_text())
+    pipe, family = load_variant(spec["base"])
+    if spec.get("init"): pipe.transformer = type(pipe.transformer).from_pretrained(spec["init"]).eval()
+    d = torch.load(spec["data"], weights_only=False)
+    summary = train_denoiser(pipe, family, TrainData(d["latents"], d["captions"], d["weights"]), TrainConfig(**spec["config"]),
+                             spec["out_dir"], spec["resume"], spec["validation_prompts"])
+    if int(os.environ.get("RANK", "0")) == 0: (Path(spec["out_dir"]) / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+# %% ../../nbs/46_train.ipynb #c2e50a72
+if __name__ == "__main__":  # `accelerate launch ... -m medgen.generate.train SPEC`
+    import sys
+    train_from_spec(sys.argv[1])
+
+# %% ../../nbs/46_train.ipynb #ff3e361d
 @torch.no_grad()
 def heldout_loss(pipe, family: str, latents: torch.Tensor, captions: list[str],
                  seed: int = 0, # fixes the noise
