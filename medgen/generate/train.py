@@ -58,6 +58,7 @@ class TrainConfig:
     validation_height: int = 64           # validation videos' size and length
     validation_width: int = 64
     validation_frames: int = 9
+    validation_fps: float = 8.0           # frame rate the validation mp4s are written at
 
     @classmethod
     def from_params(cls, values: dict) -> "TrainConfig":
@@ -276,7 +277,7 @@ def validation_videos(pipe, family: str, prompts: list[str], config: TrainConfig
         frames = generate_video(pipe, family, prompt, seed=config.seed + i, height=config.validation_height, width=config.validation_width,
                                 num_frames=config.validation_frames, steps=config.validation_sampling_steps,
                                 guidance_scale=config.validation_guidance_scale, max_sequence_length=config.max_sequence_length)
-        paths.append(write_video(frames, dest / f"{i:03d}.mp4", fps=8))
+        paths.append(write_video(frames, dest / f"{i:03d}.mp4", fps=config.validation_fps))
     pipe.transformer.train(was_training)
     return paths
 
