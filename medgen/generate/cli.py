@@ -33,7 +33,7 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="one video from a text prompt", description="Generate one video from a text prompt.")
     g.add_argument("prompt", help="the text prompt")
-    g.add_argument("--model", required=True, help="a saved pipeline folder (e.g. the base stage's) or a Hugging Face id")
+    g.add_argument("--model", required=True, help="a saved pipeline folder (the base stage's model/), a trained variant folder (a train stage's variant/), or a Hugging Face id")
     g.add_argument("--family", choices=sorted(FAMILIES), help="the model family (default: read from the model)")
     g.add_argument("--adapter", help="a LoRA adapter folder (diffusers format, e.g. the train stage's)")
     g.add_argument("--out", required=True, help="the .mp4 file to write")
@@ -51,8 +51,13 @@ def generate_command(args) -> Path:
     from medgen.video import write_video
     out = Path(args.out)
     if out.suffix.lower() != ".mp4": raise ValueError(f"--out must be an .mp4 file, got {out}")
-    name = args.family or family_of(args.model)
-    pipe = load_pipeline(name, args.model)
+    if (Path(args.model) / "variant.json").exists():  # a trained variant (train stage) or a base folder that names its family
+        from medgen.generate.train import load_variant
+        pipe, name = load_variant(args.model)
+        if args.family and args.family != name: raise ValueError(f"{args.model} is a {name} model, not {args.family}")
+    else:
+        name = args.family or family_of(args.model)
+        pipe = load_pipeline(name, args.model)
     if args.adapter:
         if not Path(args.adapter).exists(): raise ModelNotFound(f"no adapter at {args.adapter}")
         pipe.load_lora_weights(args.adapter)
