@@ -86,7 +86,7 @@ def test_generator_stages_through_dvc(repo):
     assert json.loads((lora / "variant" / "variant.json").read_text())["base"] == "../../base_main/model"
     m = json.loads((lora / "metrics.json").read_text())
     assert m["runs"][0]["steps"] == 6 and set(m["heldout_loss"]) == {"held_out", "train"}
-    assert list((lora / "runs" / "lora" / "validation" / "step-000006").glob("*.mp4"))
+    assert list((lora / "validation" / "lora" / "step-000006").glob("*.mp4")) and len(pd.read_csv(lora / "logs" / "lora.csv")) == 6
     bora = json.loads((repo / "artifacts" / "train_bora" / "metrics.json").read_text())
     assert [r["step"] for r in bora["runs"]] == ["alignment", "instruction"]
     assert bora["runs"][0]["trainable_share"] < 1 and bora["runs"][1]["trainable_share"] == 1  # self-attention frozen, then nothing
