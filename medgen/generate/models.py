@@ -128,12 +128,12 @@ def load_pipeline(name: str, # the family
     if local.exists() and not (local / "model_index.json").exists():
         raise ModelNotFound(f"{local} is not a saved diffusers pipeline (no model_index.json)")
     try:
-        pipe = getattr(diffusers, fam.pipeline).from_pretrained(str(local) if local.exists() else src, torch_dtype=dtype)
+        pipe = getattr(diffusers, fam.pipeline).from_pretrained(str(local) if local.exists() else src, dtype=dtype)
     except (OSError, ValueError) as e:
         if local.exists(): raise
         raise ModelNotFound(
             f"the {name} model {src!r} is not on this machine ({type(e).__name__}). Download it where there is network "
-            f"(`huggingface-cli download {src} --local-dir DIR`) and give DIR as the model path in params, or use the "
+            f"(`huggingface-cli download {src} --local-dir DIR`) and set `base.model_paths.{name}: DIR` in params (paper.yaml), or use the "
             f"embedded default (a small {name} model the pipeline builds)") from None
     for m in (pipe.vae, pipe.transformer): m.eval()
     return pipe.to(device)

@@ -311,7 +311,7 @@ def load_variant(path: str | Path, # a variant folder (variant.json) or a saved 
     if v.get("adapter"): pipe.load_lora_weights(path / v["adapter"])
     if v.get("transformer"):
         cls = type(pipe.transformer)
-        pipe.transformer = cls.from_pretrained(path / v["transformer"], torch_dtype=dtype).to(device).eval()
+        pipe.transformer = cls.from_pretrained(path / v["transformer"], dtype=dtype).to(device).eval()
     return pipe, fam
 
 # %% ../../nbs/46_train.ipynb #a7142d92
