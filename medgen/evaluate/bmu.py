@@ -15,8 +15,8 @@ from ..curate.select import embed_texts, load_embedder
 # %% auto #0
 __all__ = ['BMU_BACKEND', 'describe', 'bmu']
 
-# %% ../../nbs/53_bmu.ipynb #b04b4c8e
-BMU_BACKEND = "grounded-captioner(measured visuals + modality head) + all-MiniLM-L6-v2 cosine"
+# %% ../../nbs/53_bmu.ipynb #559925cd
+BMU_BACKEND = "grounded-captioner(measured visuals) + all-MiniLM-L6-v2 cosine"
 
 def describe(frames: np.ndarray, # RGB frames (T,H,W,3) uint8
              fps: float, # their frame rate

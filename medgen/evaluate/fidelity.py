@@ -24,12 +24,14 @@ def frechet_distance(a: np.ndarray, # features of set A (n_a, d)
     mu1, mu2 = a.mean(0), b.mean(0)
     s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
     s1, s2 = np.atleast_2d(s1), np.atleast_2d(s2)
-    covmean, _ = linalg.sqrtm(s1 @ s2, disp=False)
-    if not np.isfinite(covmean).all():
+    # tr((S1 S2)^(1/2)) is the sum of the square roots of S1 S2's eigenvalues (real and >= 0 for two covariance
+    # matrices): the same number as scipy's sqrtm route, ~20x faster, which the bootstrap needs
+    eig = np.linalg.eigvals(s1 @ s2)
+    if not np.isfinite(eig).all():
         off = np.eye(len(s1)) * eps
-        covmean = linalg.sqrtm((s1 + off) @ (s2 + off))
-    covmean = covmean.real
-    return float(max(0.0, ((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean)))
+        eig = np.linalg.eigvals((s1 + off) @ (s2 + off))
+    tr_covmean = np.sqrt(np.clip(eig.real, 0, None)).sum()
+    return float(max(0.0, ((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr_covmean))
 
 # %% ../../nbs/51_fidelity.ipynb #83705c71
 def bootstrap_frechet(a: np.ndarray, b: np.ndarray,
