@@ -14,7 +14,7 @@ import torch
 
 # %% auto #0
 __all__ = ['FAMILIES', 'COGVIDEOX_SCHEDULER', 'Family', 'family', 'minilm_text_encoder', 'build_small', 'ModelNotFound',
-           'load_pipeline', 'generation_kwargs', 'generate_video']
+           'load_pipeline', 'generation_kwargs', 'valid_frames', 'generate_video']
 
 # %% ../../nbs/40_models.ipynb #4697ee59
 @dataclass(frozen=True)
@@ -30,7 +30,8 @@ class Family:
 FAMILIES = {
     "wan": Family("wan", "WanPipeline", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "the base of the released MedGen-1.3B (main family)", 4, 16),
     "hunyuan": Family("hunyuan", "HunyuanVideoPipeline", "hunyuanvideo-community/HunyuanVideo", "MedGen §4.1 (HunyuanVideo + LoRA)", 4, 16),
-    "cogvideox": Family("cogvideox", "CogVideoXPipeline", "THUDM/CogVideoX-2b", "Ophora §2.2 (CogVideoX, two-stage tuning)", 4, 16),
+    # CogVideoX's decoder restores an odd number of latent frames only (2 latents -> 8 frames, 3 -> 9): 8k + 1 (its 49 = 8 x 6 + 1)
+    "cogvideox": Family("cogvideox", "CogVideoXPipeline", "THUDM/CogVideoX-2b", "Ophora §2.2 (CogVideoX, two-stage tuning)", 8, 16),
     "mochi": Family("mochi", "MochiPipeline", "genmo/mochi-1-preview", "MedGen Table 4 (second backbone)", 6, 16),
 }
 
@@ -151,6 +152,12 @@ def generation_kwargs(name: str, height: int = 32, width: int = 32, num_frames: 
               max_sequence_length=max_sequence_length)
     if name == "hunyuan": kw["prompt_template"] = {"template": "{}", "crop_start": 0}  # MiniLM has no chat template to crop
     return kw
+
+def valid_frames(name: str, num_frames: int) -> int:
+    "The largest frame count the family can make that is at most `num_frames` (its step * k + 1)."
+    step = family(name).frame_step
+    if num_frames < 1: raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    return (num_frames - 1) // step * step + 1
 
 def generate_video(pipe, name: str, prompt: str, seed: int = 0, **kwargs) -> np.ndarray:
     "One video `(T,H,W,3)` uint8 from `prompt` with a seeded CPU generator; `kwargs` as `generation_kwargs`."

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .models import generate_video
+from .models import generate_video, valid_frames
 from .train import load_variant
 from ..video import read_frames, write_video
 
@@ -42,21 +42,22 @@ def generate_all(variants: dict[str, tuple[str | Path, str]], # name -> (variant
                  seed: int, steps: int, guidance: dict[str, float], # guidance scale per family
                  height: int, width: int, num_frames: int, fps: float, max_sequence_length: int = 64,
                  progress=None, # None, or fn() after every video
-                ) -> pd.DataFrame: # prompt_set, prompt_id, prompt, variant, family, seed, file, seconds
+                ) -> pd.DataFrame: # prompt_set, prompt_id, prompt, variant, family, seed, num_frames, file, seconds
     "One video per (variant, prompt) with fixed seeds, as mp4, and the index table."
     out_dir, rows = Path(out_dir), []
     for name, (path, family) in variants.items():
         pipe, family = load_variant(path, family)
+        frames_here = valid_frames(family, num_frames)  # a family whose rule excludes num_frames makes the nearest shorter length
         for p in prompts.itertuples():
             t0 = time.perf_counter()
-            frames = generate_video(pipe, family, p.prompt, seed=seed + int(p.line), height=height, width=width, num_frames=num_frames,
+            frames = generate_video(pipe, family, p.prompt, seed=seed + int(p.line), height=height, width=width, num_frames=frames_here,
                                     steps=steps, guidance_scale=guidance[family], max_sequence_length=max_sequence_length)
             rel = Path(name) / f"{p.prompt_id.replace(':', '_')}.mp4"
             write_video(frames, out_dir / rel, fps=fps)
             rows.append(dict(prompt_set=p.prompt_set, prompt_id=p.prompt_id, prompt=p.prompt, variant=name, family=family,
-                             seed=seed + int(p.line), file=str(rel), seconds=time.perf_counter() - t0))
+                             seed=seed + int(p.line), num_frames=len(frames), file=str(rel), seconds=time.perf_counter() - t0))
             if progress: progress()
-    return pd.DataFrame(rows, columns=["prompt_set", "prompt_id", "prompt", "variant", "family", "seed", "file", "seconds"])
+    return pd.DataFrame(rows, columns=["prompt_set", "prompt_id", "prompt", "variant", "family", "seed", "num_frames", "file", "seconds"])
 
 # %% ../../nbs/47_generate.ipynb #6af1b546
 def frame_grid(index: pd.DataFrame, # generate_all's table
