@@ -43,10 +43,14 @@ def score_video(frames: np.ndarray, # RGB frames (T,H,W,3) uint8
     "Every VBench dimension of one video with the embedded backends."
     return {k: v for k, (v, _) in timed_scores(frames, fps, image_embeddings, text_embedding).items()}
 
-def timed_scores(frames, fps, image_embeddings, text_embedding) -> dict[str, tuple[float, float]]:
+def timed_scores(frames, fps, image_embeddings, text_embedding,
+                 subject_features=None, # frames -> per-frame features for subject consistency (None: HOG; paper: DINO)
+                 flow_fn=None, # (a, b) -> flow for dynamic degree (None: Farnebäck; paper: RAFT)
+                ) -> dict[str, tuple[float, float]]:
     "`score_video`'s values with the seconds each took: dimension -> (value, seconds)."
-    jobs = dict(subject_consistency=lambda: consistency(hog_features(frames)), background_consistency=lambda: consistency(image_embeddings),
-                motion_smoothness=lambda: motion_smoothness(frames), dynamic_degree=lambda: float(dynamic_degree(frames, fps)),
+    subject_features = subject_features or hog_features
+    jobs = dict(subject_consistency=lambda: consistency(subject_features(frames)), background_consistency=lambda: consistency(image_embeddings),
+                motion_smoothness=lambda: motion_smoothness(frames), dynamic_degree=lambda: float(dynamic_degree(frames, fps, flow_fn)),
                 temporal_flickering=lambda: temporal_flickering(frames), imaging_quality=lambda: imaging_quality(frames),
                 warping_error=lambda: warping_error(frames))
     if text_embedding is not None: jobs["temporal_style"] = lambda: video_text_similarity(image_embeddings, text_embedding)
@@ -62,20 +66,22 @@ def score_videos(videos: Mapping[str, np.ndarray], # video id -> frames
                  embed_images: Callable, # frames (N,H,W,3) -> (N, D) L2-normalised
                  embed_texts: Callable, # list of texts -> (N, D) L2-normalised
                  progress=None,
+                 subject_features: Callable | None = None, flow_fn: Callable | None = None, # paper-scale swaps (`nbs/55_backends`)
+                 backends: Mapping[str, str] | None = None, # dimension -> backend name written beside its values (default EMBEDDED_BACKENDS)
                 ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]: # long table (video, dimension, value, backend, seconds), frame embeddings per video
     "Score every video; returns the per-video table and each video's frame embeddings (for the Fréchet distances)."
-    ids = list(videos)
+    ids, names = list(videos), {**EMBEDDED_BACKENDS, **(backends or {})}
     text_emb = dict(zip(ids, embed_texts([texts.get(i, "") for i in ids]))) if ids else {}
     rows, embeddings = [], {}
     for vid in ids:
         t0 = time.perf_counter(); emb = embed_images(videos[vid]); embeddings[vid] = emb; t_emb = time.perf_counter() - t0
-        for dim, (value, seconds) in timed_scores(videos[vid], fps, emb, text_emb[vid] if texts.get(vid) else None).items():
+        for dim, (value, seconds) in timed_scores(videos[vid], fps, emb, text_emb[vid] if texts.get(vid) else None, subject_features, flow_fn).items():
             if dim in ("background_consistency", "temporal_style"): seconds += t_emb / 2  # they share the frame embeddings
-            rows.append(dict(video=vid, dimension=dim, value=value, backend=EMBEDDED_BACKENDS[dim], seconds=seconds))
+            rows.append(dict(video=vid, dimension=dim, value=value, backend=names[dim], seconds=seconds))
         if progress: progress()
     return pd.DataFrame(rows, columns=["video", "dimension", "value", "backend", "seconds"]), embeddings
 
-# %% ../../nbs/54_score.ipynb #55292b1d
+# %% ../../nbs/54_score.ipynb #0e93483d
 MEDVBENCH = ["imaging_quality", "subject_consistency", "background_consistency", "motion_smoothness", "warping_error"]
 
 def medvbench_table(long: pd.DataFrame, # score_videos' table
@@ -91,7 +97,7 @@ def medvbench_table(long: pd.DataFrame, # score_videos' table
     out["videos"] = d.groupby("variant").video.nunique()
     return out.reset_index()
 
-# %% ../../nbs/54_score.ipynb #de020cc3
+# %% ../../nbs/54_score.ipynb #6f45eca6
 def paired_claim(variant: pd.Series, base: pd.Series, # per-prompt scores, indexed by prompt id
                  better: str = "higher", alpha: float = 0.05) -> dict:
     "Verdict on 'the variant is better than the base' from scores paired by prompt."

@@ -61,16 +61,19 @@ def motion_smoothness(frames: np.ndarray) -> float:
     errs = [np.abs(interpolate(f[i - 1], f[i + 1]).astype(np.float64) - f[i]).mean() for i in range(1, len(f) - 1, 2)]
     return float((255 - np.mean(errs)) / 255)
 
-# %% ../../nbs/50_vbench.ipynb #d95776b5
-def dynamic_degree(frames: np.ndarray, fps: float = 8.0) -> bool:
+# %% ../../nbs/50_vbench.ipynb #e832adb3
+def dynamic_degree(frames: np.ndarray, fps: float = 8.0,
+                   flow_fn=None, # (a, b) -> flow (H,W,2); None: Farnebäck (paper scale: RAFT, `nbs/55_backends`)
+                  ) -> bool:
     "VBench's dynamic degree: the video moves when enough frame pairs' top-5 % flow magnitude exceeds VBench's threshold."
+    flow_fn = flow_fn or flow
     f = np.asarray(frames)
     if len(f) < 2: raise ValueError("dynamic degree needs at least 2 frames")
     thres = max(1.0, 8.0 / fps) * 6.0 * min(f.shape[1:3]) / 256.0
     need = round(4 * len(f) / 16.0)
     top = []
     for a, b in zip(f[:-1], f[1:]):
-        mag = np.linalg.norm(flow(a, b), axis=-1).ravel()
+        mag = np.linalg.norm(flow_fn(a, b), axis=-1).ravel()
         k = max(1, int(mag.size * 0.05))
         top.append(np.sort(mag)[-k:].mean())
     return int((np.array(top) > thres).sum()) >= need
