@@ -12,7 +12,7 @@ from typing import Callable, Mapping
 import numpy as np
 import pandas as pd
 
-from .vbench import (consistency, dynamic_degree, hog_features, imaging_quality, med_vbench_total, motion_smoothness,
+from .vbench import (consecutive_flows, consistency, dynamic_degree, hog_features, imaging_quality, med_vbench_total, motion_smoothness,
                                     temporal_flickering, video_text_similarity, warping_error, clip_score)
 
 # %% auto #0
@@ -46,17 +46,26 @@ def score_video(frames: np.ndarray, # RGB frames (T,H,W,3) uint8
 def timed_scores(frames, fps, image_embeddings, text_embedding,
                  subject_features=None, # frames -> per-frame features for subject consistency (None: HOG; paper: DINO)
                  flow_fn=None, # (a, b) -> flow for dynamic degree (None: Farnebäck; paper: RAFT)
+                 background_features=None, # frames -> per-frame features for background consistency (None: `image_embeddings`; paper: CLIP ViT-B/32)
                 ) -> dict[str, tuple[float, float]]:
     "`score_video`'s values with the seconds each took: dimension -> (value, seconds)."
     subject_features = subject_features or hog_features
-    jobs = dict(subject_consistency=lambda: consistency(subject_features(frames)), background_consistency=lambda: consistency(image_embeddings),
-                motion_smoothness=lambda: motion_smoothness(frames), dynamic_degree=lambda: float(dynamic_degree(frames, fps, flow_fn)),
+    t0 = time.perf_counter()
+    flows = consecutive_flows(frames)  # Farnebäck, once: warping error's, and dynamic degree's unless a paper flow replaces it
+    t_flow = time.perf_counter() - t0
+    users = 1 if flow_fn else 2  # the flows' time is shared by the measures that read them
+    jobs = dict(subject_consistency=lambda: consistency(subject_features(frames)),
+                background_consistency=lambda: consistency(background_features(frames) if background_features else image_embeddings),
+                motion_smoothness=lambda: motion_smoothness(frames),
+                dynamic_degree=lambda: float(dynamic_degree(frames, fps, flow_fn) if flow_fn else dynamic_degree(frames, fps, flows=flows)),
                 temporal_flickering=lambda: temporal_flickering(frames), imaging_quality=lambda: imaging_quality(frames),
-                warping_error=lambda: warping_error(frames))
+                warping_error=lambda: warping_error(frames, flows=flows))
     if text_embedding is not None: jobs["temporal_style"] = lambda: video_text_similarity(image_embeddings, text_embedding)
     out = {}
     for k, job in jobs.items():
-        t0 = time.perf_counter(); v = job(); out[k] = (float(v), time.perf_counter() - t0)
+        t0 = time.perf_counter(); v = job(); seconds = time.perf_counter() - t0
+        if k == "warping_error" or (k == "dynamic_degree" and not flow_fn): seconds += t_flow / users
+        out[k] = (float(v), seconds)
     if "temporal_style" in out: out["clip_score"] = (clip_score(out["temporal_style"][0]), 0.0)
     return out
 
@@ -67,6 +76,7 @@ def score_videos(videos: Mapping[str, np.ndarray], # video id -> frames
                  embed_texts: Callable, # list of texts -> (N, D) L2-normalised
                  progress=None,
                  subject_features: Callable | None = None, flow_fn: Callable | None = None, # paper-scale swaps (`nbs/55_backends`)
+                 background_features: Callable | None = None, # paper-scale swap for background consistency
                  backends: Mapping[str, str] | None = None, # dimension -> backend name written beside its values (default EMBEDDED_BACKENDS)
                 ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]: # long table (video, dimension, value, backend, seconds), frame embeddings per video
     "Score every video; returns the per-video table and each video's frame embeddings (for the Fréchet distances)."
@@ -75,8 +85,9 @@ def score_videos(videos: Mapping[str, np.ndarray], # video id -> frames
     rows, embeddings = [], {}
     for vid in ids:
         t0 = time.perf_counter(); emb = embed_images(videos[vid]); embeddings[vid] = emb; t_emb = time.perf_counter() - t0
-        for dim, (value, seconds) in timed_scores(videos[vid], fps, emb, text_emb[vid] if texts.get(vid) else None, subject_features, flow_fn).items():
-            if dim in ("background_consistency", "temporal_style"): seconds += t_emb / 2  # they share the frame embeddings
+        for dim, (value, seconds) in timed_scores(videos[vid], fps, emb, text_emb[vid] if texts.get(vid) else None, subject_features, flow_fn,
+                                                  background_features).items():
+            if dim == "temporal_style" or (dim == "background_consistency" and not background_features): seconds += t_emb / 2  # they share the frame embeddings
             rows.append(dict(video=vid, dimension=dim, value=value, backend=names[dim], seconds=seconds))
         if progress: progress()
     return pd.DataFrame(rows, columns=["video", "dimension", "value", "backend", "seconds"]), embeddings

@@ -12,8 +12,9 @@ import numpy as np
 from ..curate.measures import farneback as flow  # dense optical flow (H,W,2) in px from frame a to frame b
 
 # %% auto #0
-__all__ = ['consistency', 'hog_features', 'temporal_flickering', 'warp', 'interpolate', 'motion_smoothness', 'dynamic_degree',
-           'warping_error', 'imaging_quality', 'video_text_similarity', 'clip_score', 'med_vbench_total']
+__all__ = ['consistency', 'hog_features', 'temporal_flickering', 'warp', 'interpolate', 'motion_smoothness', 'consecutive_flows',
+           'dynamic_degree', 'warping_error', 'imaging_quality', 'video_text_similarity', 'clip_score',
+           'med_vbench_total']
 
 # %% ../../nbs/50_vbench.ipynb #8790f6c7
 def consistency(features: np.ndarray, # per-frame features (T, D)
@@ -62,27 +63,42 @@ def motion_smoothness(frames: np.ndarray) -> float:
     return float((255 - np.mean(errs)) / 255)
 
 # %% ../../nbs/50_vbench.ipynb #e832adb3
-def dynamic_degree(frames: np.ndarray, fps: float = 8.0,
-                   flow_fn=None, # (a, b) -> flow (H,W,2); None: Farnebäck (paper scale: RAFT, `nbs/55_backends`)
-                  ) -> bool:
-    "VBench's dynamic degree: the video moves when enough frame pairs' top-5 % flow magnitude exceeds VBench's threshold."
+def consecutive_flows(frames: np.ndarray, # RGB frames (T,H,W,3) uint8
+                      flow_fn=None, # (a, b) -> flow (H,W,2); None: Farnebäck
+                     ) -> list[np.ndarray]: # T-1 flows, frame t to frame t+1
+    "The optical flow between each pair of consecutive frames."
     flow_fn = flow_fn or flow
     f = np.asarray(frames)
+    if len(f) < 2: raise ValueError("flows need at least 2 frames")
+    return [flow_fn(a, b) for a, b in zip(f[:-1], f[1:])]
+
+def dynamic_degree(frames: np.ndarray, fps: float = 8.0,
+                   flow_fn=None, # (a, b) -> flow (H,W,2); None: Farnebäck (paper scale: RAFT, `nbs/55_backends`)
+                   flows: list | None = None, # `consecutive_flows(frames, flow_fn)`, when already computed
+                  ) -> bool:
+    "VBench's dynamic degree: the video moves when enough frame pairs' top-5 % flow magnitude exceeds VBench's threshold."
+    f = np.asarray(frames)
     if len(f) < 2: raise ValueError("dynamic degree needs at least 2 frames")
+    flows = consecutive_flows(f, flow_fn) if flows is None else flows
+    if len(flows) != len(f) - 1: raise ValueError(f"{len(flows)} flows for {len(f)} frames")
     thres = max(1.0, 8.0 / fps) * 6.0 * min(f.shape[1:3]) / 256.0
     need = round(4 * len(f) / 16.0)
     top = []
-    for a, b in zip(f[:-1], f[1:]):
-        mag = np.linalg.norm(flow_fn(a, b), axis=-1).ravel()
+    for fl in flows:
+        mag = np.linalg.norm(fl, axis=-1).ravel()
         k = max(1, int(mag.size * 0.05))
         top.append(np.sort(mag)[-k:].mean())
     return int((np.array(top) > thres).sum()) >= need
 
-def warping_error(frames: np.ndarray) -> float:
-    "Each frame against its predecessor warped onto it by optical flow: mean absolute error x 100 / 255 (0-100, lower is better)."
+def warping_error(frames: np.ndarray,
+                  flows: list | None = None, # `consecutive_flows(frames)` (Farnebäck), when already computed
+                 ) -> float:
+    "Each frame against its successor warped back onto it by optical flow: mean absolute error x 100 / 255 (0-100, lower is better)."
     f = np.asarray(frames)
     if len(f) < 2: raise ValueError("warping error needs at least 2 frames")
-    errs = [np.abs(warp(a, flow(b, a)).astype(np.float64) - b).mean() for a, b in zip(f[:-1], f[1:])]
+    flows = consecutive_flows(f) if flows is None else flows
+    if len(flows) != len(f) - 1: raise ValueError(f"{len(flows)} flows for {len(f)} frames")
+    errs = [np.abs(warp(b, fl).astype(np.float64) - a).mean() for a, b, fl in zip(f[:-1], f[1:], flows)]
     return float(100 * np.mean(errs) / 255)
 
 # %% ../../nbs/50_vbench.ipynb #82cb95d5

@@ -89,10 +89,12 @@ def set_trainable(transformer, config: TrainConfig) -> list[torch.nn.Parameter]:
     return params
 
 def parameter_counts(transformer) -> dict:
-    "Trainable and total parameters, and the trainable share."
-    total = sum(p.numel() for p in transformer.parameters())
-    trainable = sum(p.numel() for p in transformer.parameters() if p.requires_grad)
-    return dict(trainable=trainable, total=total, trainable_share=trainable / total)
+    "Trainable and total parameters (LoRA's adapters included), the base model's own (`base`: adapters excluded), and the trainable share."
+    named = list(transformer.named_parameters())
+    total = sum(p.numel() for _, p in named)
+    trainable = sum(p.numel() for _, p in named if p.requires_grad)
+    base = sum(p.numel() for n, p in named if "lora_" not in n)  # peft names its adapter weights lora_A / lora_B
+    return dict(trainable=trainable, total=total, base=base, trainable_share=trainable / total)
 
 # %% ../../nbs/46_train.ipynb #62294e24
 @dataclass
@@ -372,11 +374,12 @@ def heldout_loss(pipe, family: str, latents: torch.Tensor, captions: list[str],
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn((levels, *latents.shape), generator=g)
     total, n = 0.0, 0
-    for k in range(levels):
-        u = torch.full((len(latents),), (k + 0.5) / levels)
-        for i in range(0, len(latents), batch_size):
-            sl = slice(i, i + batch_size)
-            loss = denoising_loss(tr, family, pipe.scheduler, latents[sl], take(cond, cap[sl]), noise[k, sl], u[sl], shift)
-            total += loss.sum().item(); n += len(loss)
+    with torch.no_grad():  # a measurement: no graph kept (at paper scale the activations of a 14B denoiser)
+        for k in range(levels):
+            u = torch.full((len(latents),), (k + 0.5) / levels)
+            for i in range(0, len(latents), batch_size):
+                sl = slice(i, i + batch_size)
+                loss = denoising_loss(tr, family, pipe.scheduler, latents[sl], take(cond, cap[sl]), noise[k, sl], u[sl], shift)
+                total += loss.sum().item(); n += len(loss)
     tr.train(was)
     return total / n
