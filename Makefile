@@ -33,6 +33,8 @@ data: $(STAMP)
 	elif [ ! -f data/manifest.csv ]; then \
 		$(BIN)/dvc update data.dvc; \
 	fi
+	@# the downstream benchmark (lung POCUS, ../shared/corpus_pocus), tracked by data_pocus.dvc
+	@if [ ! -f data_pocus/manifest.csv ]; then $(BIN)/dvc update data_pocus.dvc; fi
 
 repro: setup
 	$(BIN)/dvc repro

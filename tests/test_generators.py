@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 GENERAL = ["neg_asl_eat", "neg_asl_help", "neg_classroom", "neg_people_detection"]
 MEDICAL = {"us_covid_blines_volpicelli_v2": "train", "us_normal_convex_182106": "train", "us_viral_whitelung_h1n1": "held_out",
            "us_viral_subpleural_h1n1": "held_out"}
-SKIP = {".git", ".venv", "artifacts", "reports", "data", "data.dvc", "scratch", "dvc_plots", ".pytest_cache", "__pycache__", "cache", "tmp"}
+SKIP = {".git", ".venv", "artifacts", "reports", "data", "data.dvc", "data_pocus", "data_pocus.dvc", "ratings", "scratch", "dvc_plots", ".pytest_cache", "__pycache__", "cache", "tmp"}
 
 
 def _run(cmd, cwd, timeout=1200):
@@ -70,7 +70,8 @@ def repo(tmp_path_factory, corpus):
     for v in p["train"]["variants"].values():
         for step in v["recipe"]:
             if "config" in step and "max_train_steps" in step["config"]: step["config"]["max_train_steps"] = 4
-    p["generate"].update(medgen_prompts=2, bora_prompts_per_modality=1, bora_modalities=["cell", "uls"], steps=2)
+    p["generate"].update(medgen_prompts=2, bora_prompts_per_modality=1, bora_modalities=["cell", "uls"])
+    p["sampling"].update(steps=2)
     p["evaluate"].update(bootstrap=10)
     p["domain_clip"].update(epochs=1)
     with open(dest / "params.yaml", "w") as f: rt.dump(p, f)
@@ -149,3 +150,88 @@ def test_every_variant_generated_and_evaluated(repo):
     clip = read_clip(repo / "data" / "videos" / "us_viral_whitelung_h1n1.mp4", fps=8, side=64, max_seconds=2)
     shuffled = clip[np.random.default_rng(0).permutation(len(clip))]
     assert consistency(embed_images(model, preprocess, clip)) > consistency(embed_images(model, preprocess, shuffled))
+
+
+def _pocus_subset(repo: Path):
+    "A slice of the real lung POCUS benchmark: 3 patients per class, one clip each, a patient the generators saw, the one-patient class."
+    src = ROOT / "data_pocus"
+    man = pd.read_csv(src / "manifest.csv")
+    unseen = man[man.in_main_corpus_patient.astype(str).str.lower() == "false"]
+    pick = pd.concat([unseen[unseen.label == c].drop_duplicates("patient_group").head(3) for c in ["bacterial_pneumonia", "covid19", "healthy"]]
+                     + [man[man.in_main_corpus_patient.astype(str).str.lower() == "true"].head(1), man[man.label == "viral_pneumonia"]])
+    (repo / "data_pocus" / "videos").mkdir(parents=True, exist_ok=True)
+    for f in pick.file: shutil.copy(src / f, repo / "data_pocus" / f)
+    pick.to_csv(repo / "data_pocus" / "manifest.csv", index=False)
+    return pick
+
+
+def _filter_tables(repo: Path):
+    "Each filter stage's kept clips (what the rating kit's audit samples): the slice's dataset clips, as segment would have cut them."
+    clips = repo / "artifacts" / "segment" / "clips"; clips.mkdir(parents=True, exist_ok=True)
+    meta = pd.read_csv(repo / "artifacts" / "dataset" / "medvideocap" / "metadata.csv")
+    for r in meta.itertuples(): shutil.copy(repo / "artifacts" / "dataset" / "medvideocap" / r.file_name, clips / f"{r.name}.mp4")
+    kept = pd.DataFrame(dict(clip_id=meta.name, file=[f"{n}.mp4" for n in meta.name]))
+    for f in ["border", "ocr", "aesthetic", "technical", "joint", "dynamics", "privacy"]:
+        (repo / "artifacts" / f"filter_{f}").mkdir(parents=True, exist_ok=True); kept.to_parquet(repo / "artifacts" / f"filter_{f}" / "clips.parquet")
+
+
+@pytest.mark.browser
+def test_applications_and_the_rating_kit(repo):
+    """Downstream augmentation and the transfer table through DVC; the rating page built by its stage, rated in headless
+    Chromium (keyboard and mouse, a reload, Export CSV); the `human` stage reads the export beside a second rater's
+    file and a bad file: Fig. 6, the warping error, kappa and the audit, and an error row for the bad file."""
+    from rating_browser import rate_page
+    pick = _pocus_subset(repo); _filter_tables(repo)
+    (repo / "ratings").mkdir(exist_ok=True); shutil.copy(ROOT / "ratings" / "README.md", repo / "ratings" / "README.md")  # no ratings yet
+    rt = ruamel.yaml.YAML()
+    with open(repo / "params.yaml") as f: p = rt.load(f)
+    p["downstream"].update(per_class=1, n_splits=2, repeats=1)
+    p["rating_kit"].update(audit_per_stage=1)
+    with open(repo / "params.yaml", "w") as f: rt.dump(p, f)
+    for stage in ["generate", "evaluate", "downstream", "transfer", "rating_kit", "human"]:
+        _run(["dvc", "repro", "--single-item", stage], repo)
+
+    # downstream: viral pneumonia (one patient) dropped and said; the seen patient never tested; every condition scored
+    folds = pd.read_parquet(repo / "artifacts" / "downstream" / "folds.parquet")
+    assert sorted(folds.condition.unique()) == ["D_ori", "D_ori+D_base", "D_ori+D_medgen", "D_ori+D_ophora"] and len(folds) == 8
+    assert set(pd.read_parquet(repo / "artifacts" / "downstream" / "dropped.parquet").label) == {"viral_pneumonia"}
+    table3 = (repo / "paper_figures" / "medgen_table3_augmentation.md").read_text()
+    assert "viral_pneumonia" in table3 and "MedVidCL (MedGen, published)" in table3 and "p = " in table3
+    assert "Mochi-1-preview original" in (repo / "paper_figures" / "medgen_table4_transfer.md").read_text()
+
+    # no ratings yet: the human tables say so
+    assert "No ratings yet" in (repo / "paper_figures" / "medgen_fig6_human.md").read_text()
+
+    # the page: no variant name in it, the key apart
+    page = repo / "artifacts" / "rating_kit" / "page" / "index.html"
+    key = pd.read_csv(repo / "artifacts" / "rating_kit" / "key" / "key.csv", dtype=str, keep_default_na=False)
+    text = page.read_text()
+    assert not any(f'"{v}"' in text for v in key[key.kind == "generation"].variant.unique())
+    seen = rate_page(page, repo / "ratings" / "dr_a.csv")
+    assert not seen["errors"], seen["errors"]
+    assert seen["images_loaded"] and seen["after_reload_rater"] == "dr_a"
+    assert seen["after_reload_item2_A_moderate"] and seen["after_reload_item1_B_severe"] and seen["item1_status_after_reload"] == "this item is complete"
+    a = pd.read_csv(repo / "ratings" / "dr_a.csv", dtype=str, keep_default_na=False)
+    (item1, letters1), (item2, letters2) = zip(seen["items"][:2], seen["letters"])
+    vid = {(item1, l): v for l, v in letters1} | {(item2, l): v for l, v in letters2}
+    got = {(r.item, r.video, r.question): r.answer for r in a.itertuples()}
+    assert got[(item1, "", "text_alignment")] == vid[(item1, "B")] and got[(item1, "", "medical_accuracy")] == "none"
+    assert got[(item1, "", "visual_quality")] == vid[(item1, "A")]  # the mouse
+    assert got[(item1, vid[(item1, "A")], "distortion")] == "0" and got[(item1, vid[(item1, "B")], "distortion")] == "3"
+    assert got[(item2, vid[(item2, "A")], "distortion")] == "2" and got[(item2, "", "visual_quality")] == vid[(item2, "A")]
+    assert got[(seen["audit_item"], key.set_index("item").loc[seen["audit_item"], "video"], "audit")] == "noisy"
+
+    # a second rater (agrees except on one distortion level) and a bad file; the human stage reads them all
+    b = a.assign(rater="dr_b"); b.loc[b.question == "distortion", "answer"] = b.loc[b.question == "distortion", "answer"].replace({"1": "0"})
+    b.to_csv(repo / "ratings" / "dr_b.csv", index=False)
+    (repo / "ratings" / "broken.csv").write_text("rater,item\nx,y\n")
+    _run(["dvc", "repro", "--single-item", "human"], repo)
+    errors = pd.read_csv(repo / "artifacts" / "human" / "errors.csv")
+    assert errors.file.tolist() == ["broken.csv"] and "missing columns" in errors.reason[0]
+    kappa = pd.read_csv(repo / "paper_figures" / "medgen_table9_kappa.csv")
+    assert kappa[["rater_a", "rater_b"]].values.tolist() == [["dr_a", "dr_b"]] and 0 < kappa.kappa[0] < 1
+    fig6 = pd.read_csv(repo / "paper_figures" / "medgen_fig6_human.csv")
+    chosen = key.set_index("video").variant[vid[(item1, "B")]]
+    assert fig6.set_index("variant").loc[chosen, "text_alignment"] > 0 and "warping_error" in fig6
+    audit = pd.read_csv(repo / "paper_figures" / "medgen_curation_audit.csv")
+    assert audit.set_index("stage").loc["filter_border", "usable"] == 0  # both raters: noisy
