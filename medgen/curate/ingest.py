@@ -6,36 +6,112 @@ Docs: https://github.com/medgen-compendium/medgen/ingest.html.md"""
 
 # %% ../../nbs/10_ingest.ipynb #91140e03
 from __future__ import annotations
-from pathlib import Path
+import csv, io, math, re
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import pandas as pd
 from tqdm.auto import tqdm
 
 from ..core import get_logger, rejection, rejections_frame, sha256_file
-from ..video import VideoError, probe_video
+from ..video import VideoError, probe_video, read_frames
 
 # %% auto #0
-__all__ = ['STAGE', 'REQUIRED_COLUMNS', 'VIDEO_SUFFIXES', 'read_manifest', 'check_video', 'ingest_corpus', 'ingest_metrics']
+__all__ = ['STAGE', 'REQUIRED_COLUMNS', 'VIDEO_SUFFIXES', 'NUMERIC_COLUMNS', 'SAFE_ID', 'CONTENT_RULES', 'ManifestError',
+           'read_manifest', 'confined_path', 'content_fault', 'check_video', 'ingest_corpus', 'ingest_metrics']
 
 # %% ../../nbs/10_ingest.ipynb #b537e74e
 STAGE = "ingest"
 REQUIRED_COLUMNS = ["video_id", "file", "sha256", "domain", "modality", "license"]
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mpeg", ".mpg", ".mkv", ".gif", ".avi", ".webm", ".m4v"}
+NUMERIC_COLUMNS = ["seconds", "width", "height", "fps"]  # optional; when given, a finite number > 0
+SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # ids become file names downstream (segment: ID__00.mp4)
+
+class ManifestError(ValueError):
+    "A manifest that cannot be used at all; the message names the file, and the row and column where it can."
 
 def read_manifest(path: str | Path) -> pd.DataFrame:
-    "The manifest as strings, checked for the required columns (a clear error names the missing ones)."
+    """The manifest as strings, one row per well-formed CSV record, with `row` (its first line in the file) and `fault`
+    (why the row cannot be used, or ''). Faults that make the whole file unusable raise `ManifestError`."""
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"manifest not found: {path}")
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    if "video_id" not in df.columns and "clip_id" in df.columns: df = df.rename(columns={"clip_id": "video_id"})  # the older manifests' name
-    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
-    if missing: raise ValueError(f"manifest {path} lacks required columns {missing}; it has {list(df.columns)}")
-    return df
+    raw = path.read_bytes()
+    try: text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        row = raw[:e.start].count(b"\n") + 1
+        raise ManifestError(f"manifest {path}: not UTF-8 text: byte {e.start} (row {row}) is {raw[e.start:e.start + 1]!r}") from None
+    if "\x00" in text:
+        row = text[:text.index("\x00")].count("\n") + 1
+        raise ManifestError(f"manifest {path}: NUL bytes in row {row}: not a CSV text file")
+    reader, records = csv.reader(io.StringIO(text, newline=""), strict=True), []
+    start = 1
+    try:
+        for fields in reader:
+            records.append((start, fields)); start = reader.line_num + 1
+    except csv.Error as e:
+        raise ManifestError(f"manifest {path}: the CSV record starting at row {start} is broken ({e}): an unterminated quote?") from None
+    records = [(r, f) for r, f in records if f]  # blank lines
+    if not records: raise ManifestError(f"manifest {path}: empty (no header)")
+    header = [h.strip() for h in records[0][1]]
+    if "video_id" not in header and "clip_id" in header: header = ["video_id" if h == "clip_id" else h for h in header]  # the older manifests' name
+    if len(set(header)) != len(header) or "" in header: raise ManifestError(f"manifest {path}: row 1 (the header) has empty or repeated column names: {header}")
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    if missing: raise ManifestError(f"manifest {path} lacks required columns {missing}; it has {header}")
+    rows = []
+    for line, fields in records[1:]:
+        end = line + sum(f.count("\n") for f in fields)
+        where = f"row {line}" if end == line else f"rows {line}-{end}"
+        if len(fields) != len(header):
+            rows.append(dict(dict.fromkeys(header, ""), row=line, fault=f"{where}: {len(fields)} fields where the header has {len(header)} (a stray quote or comma?)"))
+            continue
+        rec = dict(zip(header, fields))
+        rows.append(dict(rec, row=line, fault=_row_fault(rec, where)))
+    return pd.DataFrame(rows, columns=header + ["row", "fault"])
+
+def _row_fault(rec: dict, where: str) -> str:
+    "Why one manifest record cannot be used ('' if it can): the row and column named."
+    vid, file = rec["video_id"], rec["file"]
+    if not vid.strip(): return f"{where}, column video_id: empty"
+    if not SAFE_ID.fullmatch(vid): return f"{where}, column video_id: {vid[:60]!r} is not a safe name (letters, digits, '.', '_', '-'; up to 128)"
+    if not file.strip(): return f"{where}, column file: empty"
+    for col in ("file", "sha256"):
+        if any(ch in rec[col] for ch in "\r\n\t"): return f"{where}, column {col}: a line break inside the value (a quote opened in one row and closed in a later one?)"
+    for col in NUMERIC_COLUMNS:
+        v = rec.get(col, "").strip()
+        if not v: continue
+        try: x = float(v)
+        except ValueError: return f"{where}, column {col}: {v[:30]!r} is not a number"
+        if not math.isfinite(x) or x <= 0: return f"{where}, column {col}: {v!r} is not a finite number above 0"
+    return ""
 
 # %% ../../nbs/10_ingest.ipynb #f5f6e4d5
-def check_video(corpus_dir: Path, row: dict, verify_checksums: bool = True) -> tuple[dict | None, dict | None]:
-    "Check one manifest row: `(video_row, None)` if it passes, `(None, rejection_row)` with the reason if not."
-    vid, path = row["video_id"], Path(corpus_dir) / row["file"]
+CONTENT_RULES = dict(min_side=64, max_aspect=4.0, min_frames=2, blank_std=2.0)
+
+def confined_path(corpus_dir: Path, file: str) -> tuple[Path | None, str]:
+    "The file's path if it stays inside `corpus_dir` (no absolute path, no '..', no symlink out), else (None, why)."
+    if file.startswith(("/", "\\")) or PureWindowsPath(file).drive or PurePosixPath(file).is_absolute(): return None, f"absolute path {file!r}"
+    parts = PurePosixPath(file.replace("\\", "/")).parts
+    if ".." in parts: return None, f"{file!r} climbs out with '..'"
+    root = Path(corpus_dir).resolve()
+    path = root.joinpath(*parts)
+    if not path.resolve().is_relative_to(root): return None, f"{file!r} leads outside the corpus (a symbolic link to {path.resolve()})"
+    return path, ""
+
+def content_fault(path: Path, info, rules: dict) -> tuple[str, str] | None:
+    "(reason, detail) for a video that decodes but carries no usable picture, else None."
+    if info.frames < rules["min_frames"]: return "single_frame", f"{info.frames} frame(s): not a video"
+    if min(info.width, info.height) < rules["min_side"]: return "too_small", f"{info.width}x{info.height} is below {rules['min_side']} px"
+    aspect = max(info.width, info.height) / max(1, min(info.width, info.height))
+    if aspect > rules["max_aspect"]: return "extreme_aspect", f"{info.width}x{info.height}: aspect {aspect:.1f} above {rules['max_aspect']}"
+    frames, _ = read_frames(path, n=5, max_side=64)
+    spread = float(frames.reshape(len(frames), -1).std(axis=1).max()) if len(frames) else 0.0
+    if spread < rules["blank_std"]: return "no_picture", f"every sampled frame is flat (pixel std {spread:.2f} < {rules['blank_std']}): black or constant"
+    return None
+
+def check_video(corpus_dir: Path, row: dict, verify_checksums: bool = True, rules: dict | None = None) -> tuple[dict | None, dict | None]:
+    "Check one manifest row: `(video_row, None)` if it passes, `(None, rejection_row)` with the reason if not. A path outside the corpus is never opened."
+    vid = row["video_id"]
+    path, why = confined_path(Path(corpus_dir), row["file"])
+    if path is None: return None, rejection(vid, STAGE, "outside_corpus", why)
     if not path.is_file(): return None, rejection(vid, STAGE, "missing", f"file not found: {row['file']}")
     if verify_checksums:
         digest = sha256_file(path)
@@ -43,33 +119,53 @@ def check_video(corpus_dir: Path, row: dict, verify_checksums: bool = True) -> t
             return None, rejection(vid, STAGE, "checksum", f"sha256 {digest[:12]}… differs from manifest {row['sha256'][:12]}…")
     try: info = probe_video(path)
     except VideoError as e: return None, rejection(vid, STAGE, "unreadable", str(e))
+    fault = content_fault(path, info, {**CONTENT_RULES, **(rules or {})})
+    if fault: return None, rejection(vid, STAGE, *fault)
     return {**row, **info.as_dict()}, None
 
 # %% ../../nbs/10_ingest.ipynb #6c4f6167
 def ingest_corpus(corpus_dir: str | Path, manifest: str = "manifest.csv", verify_checksums: bool = True,
-                  progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+                  progress: bool = True, rules: dict | None = None, # content rules (CONTENT_RULES' keys; params ingest.content)
+                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     "Videos table and rejection table for the folder `corpus_dir` described by its `manifest`."
     log, corpus_dir = get_logger("medgen.curate.ingest"), Path(corpus_dir)
     man = read_manifest(corpus_dir / manifest)
     log.info("ingesting %d manifest rows from %s (checksums %s)", len(man), corpus_dir, "on" if verify_checksums else "off")
     videos, rejected = [], []
-    dup = man.video_id.duplicated(keep="first")
-    for _, row in man[dup].iterrows():
-        rejected.append(rejection(row.video_id, STAGE, "duplicate_id", f"video id listed again for {row.file}"))
-    rows = man[~dup].sort_values("video_id", kind="stable").to_dict("records")
-    for row in tqdm(rows, desc="ingest", unit="video", disable=not progress):
-        ok, bad = check_video(corpus_dir, row, verify_checksums)
-        if ok: videos.append(ok)
-        else: rejected.append(bad); log.warning("rejected %s: %s (%s)", bad["video_id"], bad["reason"], bad["detail"])
-    listed = {str(Path(f)) for f in man.file}
+    for r in man[man.fault != ""].itertuples():  # unusable rows: the id may be unsafe, so the row number names them
+        rejected.append(rejection(r.video_id if SAFE_ID.fullmatch(r.video_id) else f"manifest_row_{r.row}", STAGE, "bad_manifest_row", r.fault))
+    usable = man[man.fault == ""]
+    columns = [c for c in man.columns if c not in ("row", "fault")]
+    groups = sorted(usable.groupby("video_id", sort=False), key=lambda g: g[0])
+    for vid, listings in tqdm(groups, desc="ingest", unit="video", disable=not progress):
+        kept_row = None
+        for r in listings.to_dict("records"):  # an id listed twice: the first listing that passes is kept, whatever the order
+            if kept_row is not None:
+                rejected.append(rejection(vid, STAGE, "duplicate_id", f"row {r['row']} lists {vid} again ({r['file']}); kept: row {kept_row}")); continue
+            ok, bad = check_video(corpus_dir, {c: r[c] for c in columns}, verify_checksums, rules)
+            if ok: videos.append(ok); kept_row = r["row"]
+            else:
+                if len(listings) > 1: bad["detail"] += f" (row {r['row']}; the id is listed {len(listings)} times)"
+                rejected.append(bad); log.warning("rejected %s: %s (%s)", bad["video_id"], bad["reason"], bad["detail"])
+    videos, rejected = _drop_content_duplicates(corpus_dir, videos, rejected, verify_checksums)
+    listed = {str(PurePosixPath(f.replace("\\", "/"))) for f in man.file}
     for p in sorted(corpus_dir.rglob("*")):
-        rel = str(p.relative_to(corpus_dir))
+        rel = p.relative_to(corpus_dir).as_posix()
         if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES and rel not in listed:
             rejected.append(rejection(p.stem, STAGE, "unlisted", f"{rel} is in the folder but not in the manifest"))
     vdf = pd.DataFrame(videos)
     if len(vdf): vdf = vdf.sort_values("video_id", kind="stable").reset_index(drop=True)
     log.info("kept %d videos, rejected %d", len(vdf), len(rejected))
     return vdf, rejections_frame(rejected)
+
+def _drop_content_duplicates(corpus_dir: Path, videos: list[dict], rejected: list[dict], verified: bool) -> tuple[list[dict], list[dict]]:
+    "The same bytes under two ids: the first id (sorted) is kept, the others rejected with the kept id named."
+    seen, kept = {}, []
+    for v in sorted(videos, key=lambda v: v["video_id"]):
+        digest = v["sha256"].strip().lower() if verified else sha256_file(confined_path(corpus_dir, v["file"])[0])
+        if digest in seen: rejected.append(rejection(v["video_id"], STAGE, "duplicate_content", f"the same bytes as {seen[digest]} (sha256 {digest[:12]}…)"))
+        else: seen[digest] = v["video_id"]; kept.append(v)
+    return kept, rejected
 
 # %% ../../nbs/10_ingest.ipynb #0189d53e
 def ingest_metrics(videos: pd.DataFrame, rejected: pd.DataFrame) -> dict:
