@@ -12,7 +12,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 # stage commands (medgen-stage, papermill, dvc) come from the project environment
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup data repro test test-fast lab export readme docs profile clean-scratch bench
+.PHONY: setup data push pull repro test test-fast lab export readme docs profile clean-scratch bench
 
 setup: $(STAMP) data
 
@@ -28,13 +28,27 @@ $(STAMP): requirements.txt requirements.lock pyproject.toml
 
 # The raw corpus, tracked by data.dvc. `make data CORPUS=/path/to/folder` imports another folder of the same shape.
 data: $(STAMP)
-	@if [ "$(CORPUS)" != "../shared/corpus" ]; then \
-		$(BIN)/dvc import-url --force "$(CORPUS)" data; \
+	@# data.dvc records where data/ came from; import again only when CORPUS is another folder (from any state:
+	@# a fresh clone, after setup, after an earlier import). data/ is DVC's copy, so removing it loses nothing.
+	@current=$$($(BIN)/python -c "import os, yaml; print(os.path.realpath(yaml.safe_load(open('data.dvc'))['deps'][0]['path']))" 2>/dev/null); \
+	wanted=$$(realpath -m "$(CORPUS)"); \
+	if [ ! -f "$$wanted/manifest.csv" ]; then echo "make data: $(CORPUS) has no manifest.csv (a corpus folder holds manifest.csv + videos/)" >&2; exit 1; fi; \
+	if [ "$$current" != "$$wanted" ]; then \
+		echo "make data: importing $(CORPUS) as data/ (data.dvc)"; \
+		rm -rf data && $(BIN)/dvc import-url --force "$(CORPUS)" data || exit 1; \
 	elif [ ! -f data/manifest.csv ]; then \
-		$(BIN)/dvc update data.dvc; \
+		$(BIN)/dvc update data.dvc || exit 1; \
 	fi
 	@# the downstream benchmark (lung POCUS, ../shared/corpus_pocus), tracked by data_pocus.dvc
 	@if [ ! -f data_pocus/manifest.csv ]; then $(BIN)/dvc update data_pocus.dvc; fi
+
+# DVC remote: data, models and adapters (`remote` in .dvc/config: a local folder beside the clone by default; any DVC
+# remote, e.g. `dvc remote add -d store s3://bucket/medgen`). TARGETS narrows what moves (stages or .dvc files).
+TARGETS ?=
+push: $(STAMP)
+	$(BIN)/dvc push $(TARGETS)
+pull: $(STAMP)
+	$(BIN)/dvc pull $(TARGETS)
 
 repro: setup
 	$(BIN)/dvc repro

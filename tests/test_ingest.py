@@ -25,3 +25,23 @@ def test_probe_rejects_garbage(tmp_path, content):
     p = tmp_path / "x.mp4"; p.write_bytes(content)
     with pytest.raises(VideoError):
         probe_video(p)
+
+
+def test_bad_rows_change_nothing_for_the_good_ones(tmp_path, corpus):
+    """The videos table of a corpus with every fault equals, byte for byte, that of the same good videos alone: what
+    later stages read (select, domain CLIP, segment take only this table and these files) cannot depend on the bad ones."""
+    import shutil
+    import pandas as pd
+    from medgen.core import sha256_file, write_table
+    mixed = make_bad_corpus(tmp_path / "mixed", corpus)
+    good = tmp_path / "good"; (good / "videos").mkdir(parents=True)
+    man = pd.read_csv(mixed / "manifest.csv", dtype=str, keep_default_na=False, nrows=0).columns  # the same columns, in order
+    rows = pd.read_csv(corpus / "manifest.csv", dtype=str, keep_default_na=False)
+    rows = rows[rows.clip_id.isin(["us_viral_whitelung_h1n1", "neg_classroom"])][list(man)]
+    for f in rows.file: shutil.copy(corpus / f, good / f)
+    rows.to_csv(good / "manifest.csv", index=False)
+    tables = {}
+    for name, folder in [("mixed", mixed), ("good", good)]:
+        videos, _ = ingest_corpus(folder, progress=False)
+        write_table(videos, tmp_path / f"{name}.parquet"); tables[name] = sha256_file(tmp_path / f"{name}.parquet")
+    assert tables["mixed"] == tables["good"]

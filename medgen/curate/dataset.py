@@ -6,7 +6,7 @@ Docs: https://github.com/medgen-compendium/medgen/dataset.html.md"""
 
 # %% ../../nbs/30_dataset.ipynb #5f9c0787
 from __future__ import annotations
-import re, shutil, textwrap
+import html, re, shutil, textwrap
 from pathlib import Path
 
 import numpy as np
@@ -367,6 +367,7 @@ def dataset_card(meta: pd.DataFrame, funnel: pd.DataFrame, backends: dict[str, l
     lic = (meta.groupby("license").agg(clips=("name", "size"), source_videos=("video_id", "nunique"),
                                        clip_ids=("name", lambda s: _ids(s, max_ids)))
            .reset_index().sort_values(["clips", "license"], ascending=[False, True]))
+    lic["license"] = lic.license.map(lambda s: html.escape(s, quote=False))  # manifest text: inert wherever the card is rendered
     nc_note = _noncommercial_notes(lic, videos_acc, video_licences)
     cats = meta.groupby("category").agg(clips=("name", "size"), minutes=("duration_s", lambda s: round(s.sum() / 60, 2))).reset_index()
     num = meta[["duration_s", "fps", "width", "height", "bitrate", "aesthetic_score", "technical_score", *(f"{c}_words" for c in CAPTION_RECIPES)]]

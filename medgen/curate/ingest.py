@@ -61,7 +61,8 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
         end = line + sum(f.count("\n") for f in fields)
         where = f"row {line}" if end == line else f"rows {line}-{end}"
         if len(fields) != len(header):
-            rows.append(dict(dict.fromkeys(header, ""), row=line, fault=f"{where}: {len(fields)} fields where the header has {len(header)} (a stray quote or comma?)"))
+            rows.append(dict(dict.fromkeys(header, ""), **dict(zip(header, fields)), row=line,  # what it has, for the report only
+                             fault=f"{where}: {len(fields)} fields where the header has {len(header)} (a stray quote or comma?)"))
             continue
         rec = dict(zip(header, fields))
         rows.append(dict(rec, row=line, fault=_row_fault(rec, where)))

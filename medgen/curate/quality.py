@@ -239,7 +239,7 @@ class LaionAesthetic:
                 from huggingface_hub import hf_hub_download
                 path = hf_hub_download(mlp_repo, mlp_file)
             mlp = laion_mlp(model.visual.output_dim)
-            mlp.load_state_dict(torch.load(path, map_location=device))
+            mlp.load_state_dict(torch.load(path, map_location=device, weights_only=True))
         except Exception as e:
             raise RuntimeError(f"cannot load the LAION aesthetic predictor ({clip_model}/{clip_pretrained}, MLP "
                                f"{mlp_weights or mlp_repo + '/' + mlp_file}): {type(e).__name__}: {e}. It needs the CLIP and MLP "
@@ -283,7 +283,7 @@ class DoverTechnical:
         self.opt = yaml.safe_load(Path(config).read_text())
         self.device, self._decompose = device, spatial_temporal_view_decomposition
         self.model = DOVER(**self.opt["model"]["args"]).to(device).eval()
-        self.model.load_state_dict(torch.load(weights, map_location=device))
+        self.model.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
         self.data = self.opt["data"]["val-l1080p"]["args"]
         self.samplers = {}
         for kind, o in self.data["sample_types"].items():

@@ -349,7 +349,7 @@ def train_from_spec(spec_path: str | Path) -> dict:
     spec = json.loads(Path(spec_path).read_text())
     pipe, family = load_variant(spec["base"])
     if spec.get("init"): pipe.transformer = type(pipe.transformer).from_pretrained(spec["init"]).eval()
-    d = torch.load(spec["data"], weights_only=False)
+    d = torch.load(spec["data"], weights_only=True)  # tensors, strings and lists only: no pickled code
     summary = train_denoiser(pipe, family, TrainData(d["latents"], d["captions"], d["weights"]), TrainConfig(**spec["config"]),
                              spec["out_dir"], spec["resume"], spec["validation_prompts"])
     if int(os.environ.get("RANK", "0")) == 0: (Path(spec["out_dir"]) / "summary.json").write_text(json.dumps(summary, indent=1))
