@@ -82,8 +82,9 @@ def test_push_pull_round_trip(work):
     a, b = _clone(work, "a"), _clone(work, "b")
     for c in (a, b): _dvc(c, "remote", "modify", "--local", "store", "url", str(store))
     _make(a, "data")
-    _dvc(a, "repro", "--single-item", "ingest")  # outputs byte-identical to the committed dvc.lock
-    assert not subprocess.run(["git", "status", "--porcelain", "dvc.lock"], cwd=a, capture_output=True, text=True).stdout.strip()
+    _dvc(a, "repro", "--single-item", "ingest")
+    outs = lambda lock: {o["path"]: o["md5"] for o in yaml.safe_load(lock)["stages"]["ingest"]["outs"] if "artifacts/ingest/" in o["path"] and not o["path"].endswith(".json")}
+    assert outs((a / "dvc.lock").read_text()) == outs((b / "dvc.lock").read_text())  # the data bytes the commit names (metrics carry times)
     targets = "TARGETS=data.dvc data_pocus.dvc ingest"
     _make(a, "push", targets)
     assert store.exists() and any(store.rglob("*"))
