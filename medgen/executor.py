@@ -6,16 +6,18 @@ Docs: https://github.com/medgen-compendium/medgen/executor.html.md"""
 
 # %% ../nbs/04_executor.ipynb #3d31586b
 from __future__ import annotations
-import os, time
+import base64, functools, hashlib, json, os, time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import pandas as pd
 
 from .core import get_logger
 
 # %% auto #0
-__all__ = ['EXECUTORS', 'ray_connect', 'Executor', 'executor_from']
+__all__ = ['EXECUTORS', 'ray_connect', 'code_digest', 'ItemCache', 'Executor', 'executor_from']
 
 # %% ../nbs/04_executor.ipynb #371f5b88
 EXECUTORS = ("local", "ray")
@@ -49,6 +51,80 @@ def ray_connect(address: str | None = None, # a Ray cluster ("host:port", "auto"
                  logging_level="WARNING", configure_logging=False)
     return ray
 
+# %% ../nbs/04_executor.ipynb #6514378a
+def _canonical(x):
+    "A JSON-able, order-stable description of an item or a parameter, for its key (arrays by the hash of their bytes)."
+    if isinstance(x, np.ndarray): return {"ndarray": hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest(), "shape": list(x.shape), "dtype": str(x.dtype)}
+    if isinstance(x, dict): return {"dict": [[_canonical(k), _canonical(v)] for k, v in sorted(x.items(), key=lambda kv: repr(kv[0]))]}
+    if isinstance(x, (list, tuple)): return {type(x).__name__: [_canonical(v) for v in x]}
+    if isinstance(x, functools.partial): return {"partial": [_canonical(x.func), _canonical(list(x.args)), _canonical(x.keywords)]}
+    if callable(x): return {"function": f"{getattr(x, '__module__', '')}.{getattr(x, '__qualname__', repr(x))}"}
+    if isinstance(x, np.generic): return {"np": [x.dtype.str, repr(x.item())]}
+    if isinstance(x, float): return {"float": repr(x)}
+    if x is None or isinstance(x, (str, int, bool)): return x
+    return {"repr": f"{type(x).__qualname__}:{x!r}"}
+
+def _encode(x):
+    "Tagged JSON of a result, so that it reads back as the same types."
+    if isinstance(x, tuple): return {"t": "tuple", "v": [_encode(v) for v in x]}
+    if isinstance(x, list): return {"t": "list", "v": [_encode(v) for v in x]}
+    if isinstance(x, dict): return {"t": "dict", "v": [[_encode(k), _encode(v)] for k, v in x.items()]}
+    if isinstance(x, np.ndarray):
+        if x.dtype == object: raise TypeError("object array")
+        return {"t": "ndarray", "dtype": x.dtype.str, "shape": list(x.shape), "b64": base64.b64encode(np.ascontiguousarray(x).tobytes()).decode()}
+    if isinstance(x, np.generic): return {"t": "np", "dtype": x.dtype.str, "b64": base64.b64encode(x.tobytes()).decode()}
+    if isinstance(x, float): return {"t": "float", "v": repr(x)}  # repr round-trips every float, NaN and inf included
+    if x is None or isinstance(x, (str, bool, int)): return x
+    raise TypeError(f"cannot cache a {type(x).__qualname__}")
+
+def _decode(x):
+    if not isinstance(x, dict): return x
+    t = x["t"]
+    if t in ("tuple", "list"): return (tuple if t == "tuple" else list)(_decode(v) for v in x["v"])
+    if t == "dict": return {_decode(k): _decode(v) for k, v in x["v"]}
+    if t == "ndarray": return np.frombuffer(base64.b64decode(x["b64"]), dtype=np.dtype(x["dtype"])).reshape(x["shape"]).copy()
+    if t == "np": return np.frombuffer(base64.b64decode(x["b64"]), dtype=np.dtype(x["dtype"]))[0]
+    if t == "float": return float(x["v"])
+    raise ValueError(f"unknown cached type {t!r}")
+
+_CODE_DIGEST = None
+def code_digest() -> str:
+    "SHA-256 of the `medgen` package's sources: a cached result is valid only for the code that made it."
+    global _CODE_DIGEST
+    if _CODE_DIGEST is None:
+        import medgen
+        root, h = Path(medgen.__file__).resolve().parent, hashlib.sha256()
+        for p in sorted(root.rglob("*.py")): h.update(p.relative_to(root).as_posix().encode()); h.update(p.read_bytes())
+        _CODE_DIGEST = h.hexdigest()
+    return _CODE_DIGEST
+
+@dataclass
+class ItemCache:
+    "Finished items' results on disk, keyed by the item, the files it names, the function and the code."
+    folder: str | Path # where the entries live (one JSON file each); any folder outside DVC's outputs
+    files: Callable | None = None # item -> paths whose content the result depends on (hashed into the key)
+    hits: int = 0 # how many items the last map took from here
+    stored: int = 0 # ... and how many it stored
+
+    def key(self, fn: Callable, item) -> str:
+        content = [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in (self.files(item) if self.files else [])]
+        blob = json.dumps([code_digest(), _canonical(fn), _canonical(item), content], sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def get(self, key: str):
+        "(True, result) if the entry exists, else (False, None)."
+        path = Path(self.folder) / key[:2] / f"{key}.json"
+        if not path.exists(): return False, None
+        return True, _decode(json.loads(path.read_text()))
+
+    def put(self, key: str, result) -> bool:
+        "Store a result (atomically: a killed write leaves no entry); False when its type cannot be stored."
+        try: text = json.dumps(_encode(result))
+        except TypeError: return False
+        path = Path(self.folder) / key[:2] / f"{key}.json"; path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp"); tmp.write_text(text); os.replace(tmp, path)
+        return True
+
 # %% ../nbs/04_executor.ipynb #84465ca3
 @dataclass
 class Executor:
@@ -57,39 +133,55 @@ class Executor:
     address: str | None = None # ray: the cluster ("host:port"); None: RAY_ADDRESS, else a Ray started on this machine
     cpus_per_task: float = 1.0 # ray: CPUs each task reserves
     gpus_per_task: float = 0.0 # ray: GPUs each task reserves (scorers with a model, at paper scale)
+    cache_dir: str | None = None # an `ItemCache` folder: finished items are kept there and not computed again (None: no cache)
     tasks: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False) # the last map: node, pid, seconds per item
+    cache: ItemCache | None = field(default=None, repr=False) # the last map's cache (its hits and stores)
 
     def __post_init__(self):
         if self.kind not in EXECUTORS: raise ValueError(f"unknown executor {self.kind!r}; use one of {EXECUTORS}")
 
-    def map(self, fn: Callable, items: Sequence, desc: str = "", progress: bool = True) -> list:
+    def map(self, fn: Callable, items: Sequence, desc: str = "", progress: bool = True,
+            files: Callable | None = None, # item -> files its result depends on (their content goes into the cache key)
+           ) -> list:
         "`[fn(x) for x in items]`, run by this executor; an exception in any task is raised here, with its own type."
         from tqdm.auto import tqdm
         items = list(items)
-        bar = tqdm(total=len(items), desc=f"{desc} [{self.kind}]", unit="item", disable=not progress)
-        if self.kind == "local" or not items:
-            pairs = []
-            for x in items: pairs.append(_timed(fn, x)); bar.update()
+        cache = self.cache = ItemCache(self.cache_dir, files) if self.cache_dir else None
+        keys = [cache.key(fn, x) for x in items] if cache else []
+        pairs = [None] * len(items)
+        for i, k in enumerate(keys):
+            hit, out = cache.get(k)
+            if hit: pairs[i] = (out, dict(node="cache", pid=os.getpid(), seconds=0.0)); cache.hits += 1
+        todo = [i for i, p in enumerate(pairs) if p is None]
+        def done(i, pair):
+            pairs[i] = pair
+            if cache and cache.put(keys[i], pair[0]): cache.stored += 1
+        bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=f"{desc} [{self.kind}]", unit="item", disable=not progress)
+        if self.kind == "local" or not todo:
+            for i in todo: done(i, _timed(fn, items[i])); bar.update()
         else:
             ray = ray_connect(self.address)
             run = ray.remote(num_cpus=self.cpus_per_task, num_gpus=self.gpus_per_task,
                              scheduling_strategy="SPREAD")(_timed)  # across the nodes, not the first one first
             fn_ref = ray.put(fn)  # shipped once, not once per task
-            refs = [run.remote(fn_ref, x, "ray") for x in items]
-            pending = list(refs)
+            index = {run.remote(fn_ref, items[i], "ray"): i for i in todo}
+            pending = list(index)
             try:
                 while pending:
-                    done, pending = ray.wait(pending, num_returns=1)
-                    bar.update(len(done))
-                pairs = ray.get(refs)  # in submission order = the input's order
+                    ready, pending = ray.wait(pending, num_returns=1)
+                    for ref in ready: done(index[ref], ray.get(ref))  # stored as it arrives: a killed run keeps what finished
+                    bar.update(len(ready))
             except ray.exceptions.RayTaskError as e: raise e.as_instanceof_cause() from None
         bar.close()
+        if cache and cache.hits: get_logger("medgen.executor").info("%s: %d of %d items from the cache", desc, cache.hits, len(items))
         self.tasks = pd.DataFrame([info for _, info in pairs], columns=["node", "pid", "seconds"])
         return [out for out, _ in pairs]
 
 # %% ../nbs/04_executor.ipynb #ef64905c
 def executor_from(executor: str = "local", # local | ray (params `engine.executor`)
                   ray_address: str | None = None, # params `engine.ray_address`
-                  cpus_per_task: float = 1.0, gpus_per_task: float = 0.0) -> Executor:
+                  cpus_per_task: float = 1.0, gpus_per_task: float = 0.0,
+                  cache_dir: str | None = None, # the item cache (dvc.yaml's `item_cache`): an interrupted stage resumes
+                 ) -> Executor:
     "The executor the `engine` params describe."
-    return Executor(executor, ray_address, float(cpus_per_task), float(gpus_per_task))
+    return Executor(executor, ray_address, float(cpus_per_task), float(gpus_per_task), cache_dir)

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 GENERAL = ["neg_asl_eat", "neg_asl_help", "neg_classroom", "neg_people_detection"]
 MEDICAL = {"us_covid_blines_volpicelli_v2": "train", "us_normal_convex_182106": "train", "us_viral_whitelung_h1n1": "held_out",
            "us_viral_subpleural_h1n1": "held_out"}
-SKIP = {".git", ".venv", "artifacts", "reports", "data", "data.dvc", "data_pocus", "data_pocus.dvc", "ratings", "scratch", "dvc_plots", ".pytest_cache", "__pycache__", "cache", "tmp"}
+SKIP = {".git", ".venv", "artifacts", "reports", "data", "data.dvc", "data_pocus", "data_pocus.dvc", "ratings", "scratch", "dvc_plots", ".pytest_cache", "__pycache__", "cache", ".cache", "tmp"}
 
 
 def _run(cmd, cwd, timeout=1200):

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 GOOD_IDS = ("us_viral_whitelung_h1n1", "us_normal_convex_pat2_133824", "us_covid_blines_volpicelli_v2", "us_bact_pneumonia_airbronchogram",
             "us_viral_subpleural_h1n1", "us_normal_convex_182106", "neg_asl_eat", "neg_asl_help", "neg_asl_thanks", "neg_classroom",
             "neg_people_detection")
-SKIP = {".git", ".venv", "artifacts", "reports", "data", "data.dvc", "scratch", "dvc_plots", ".pytest_cache", "__pycache__", "cache", "tmp"}
+SKIP = {".git", ".venv", "artifacts", "reports", "data", "data.dvc", "scratch", "dvc_plots", ".pytest_cache", "__pycache__", "cache", ".cache", "tmp"}
 
 
 def _run(cmd, cwd, timeout=1500):
@@ -124,6 +124,36 @@ def test_dvc_repro_curation_chain(repo):
     clip_rows = rejected[rejected.clip_id.notna()]
     assert set(clip_rows.stage) <= {"caption", "filter_border"} and clip_rows.reason.str.match(r"^[a-z_]+$").all()
     assert "up to date" in _run(["dvc", "status", "filter@border"], repo)
+
+
+def test_killed_filter_stage_resumes_from_its_item_cache(repo):
+    """Kill the border filter's stage process mid-way (SIGKILL, its kernel included), rerun it: the items it had
+    finished come from the item cache (`nbs/04_executor`), and the outputs are the bytes of an uninterrupted run."""
+    import signal, time
+    import psutil
+    _run(["dvc", "repro", "--single-item", "filter@border"], repo)  # (done by the chain test when run in order)
+    art = repo / "artifacts" / "filter_border"
+    names = ["clips.parquet", "scores.parquet", "rejections.parquet", "defect_eval.parquet"]
+    reference = {n: sha256_file(art / n) for n in names}
+    cache = repo / ".cache" / "items"
+    shutil.rmtree(cache, ignore_errors=True)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
+    env.pop("MPLBACKEND", None)
+    dvc = subprocess.Popen(["dvc", "repro", "--force", "--single-item", "filter@border"], cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    entries = lambda: len(list(cache.rglob("*.json"))) if cache.exists() else 0
+    deadline = time.time() + 600
+    while entries() < 5 and dvc.poll() is None and time.time() < deadline: time.sleep(0.2)
+    assert dvc.poll() is None, "the stage finished before it could be killed: " + dvc.stdout.read()[-2000:]
+    stage = [p for p in psutil.Process(dvc.pid).children(recursive=True) if any("medgen-stage" in a for a in p.cmdline())]
+    assert stage, "no medgen-stage process under dvc"
+    for p in stage[0].children(recursive=True) + [stage[0]]: p.send_signal(signal.SIGKILL)
+    out = dvc.communicate(timeout=300)[0]
+    killed_at = entries()
+    assert dvc.returncode != 0 and killed_at >= 5, out[-2000:]
+    log = _run(["dvc", "repro", "--single-item", "filter@border"], repo)
+    assert "items from the cache" in log, log[-3000:]
+    assert {n: sha256_file(art / n) for n in names} == reference
+    assert entries() > killed_at  # the rest was computed now, and kept
 
 
 def test_profile_switch_edits_one_value_and_reruns(repo):

@@ -125,7 +125,8 @@ def score_clips(name: str, clips: pd.DataFrame, clips_dir: str | Path, sample: d
     from medgen.executor import Executor
     recs = clips.sort_values("clip_id").to_dict("records")
     out = (executor or Executor()).map(functools.partial(score_row, name=name, clips_dir=str(clips_dir), sample=sample, settings=settings),
-                                       recs, desc=f"filter_{name}", progress=progress)
+                                       recs, desc=f"filter_{name}", progress=progress,
+                                       files=lambda rec: [Path(clips_dir) / rec["file"]])  # the clip's bytes key a cached score
     rows = [row for row, _ in out]  # an empty clip set: an empty table that still has the score columns
     return pd.DataFrame(rows, columns=None if rows else ["clip_id", "score", "decision", "reason", "backend"]), [bad for _, bad in out if bad is not None]
 
@@ -195,7 +196,8 @@ def evaluate_filter(name: str, ds, sample: dict, settings: dict | None = None,
     labels = evaluation_labels(ds.labels, name, defects, other_levels, part)
     items = [(r, ds.frames[r["clip"]] if ds.frames is not None else str(ds.clips_dir / r["file"])) for r in labels.to_dict("records")]
     rows = (executor or Executor()).map(functools.partial(score_defect_clip, name=name, sample=sample, settings=settings, clip_fps=ds.fps),
-                                        items, desc=f"evaluate {name}" + (f" ({part})" if part else ""), progress=progress)
+                                        items, desc=f"evaluate {name}" + (f" ({part})" if part else ""), progress=progress,
+                                        files=lambda item: [item[1]] if isinstance(item[1], str) else [])  # arrays key by their bytes
     res = pd.DataFrame(rows).merge(labels, on="clip")
     metrics = defect_metrics(res, name)
     metrics["flag_rate_by_defect"] = {f"{d}_{lv}" if lv else d: round(float(g.flagged.mean()), 4)
