@@ -6,7 +6,7 @@ Docs: https://github.com/medgen-compendium/medgen/executor.html.md"""
 
 # %% ../nbs/04_executor.ipynb #3d31586b
 from __future__ import annotations
-import base64, functools, hashlib, json, os, time
+import base64, functools, hashlib, importlib, json, os, shutil, time, types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -14,10 +14,10 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from .core import get_logger
+from .core import get_logger, sha256_file
 
 # %% auto #0
-__all__ = ['EXECUTORS', 'ray_connect', 'code_digest', 'ItemCache', 'Executor', 'executor_from']
+__all__ = ['EXECUTORS', 'ray_connect', 'code_digest', 'content_digest', 'ItemCache', 'Executor', 'executor_from']
 
 # %% ../nbs/04_executor.ipynb #371f5b88
 EXECUTORS = ("local", "ray")
@@ -52,13 +52,27 @@ def ray_connect(address: str | None = None, # a Ray cluster ("host:port", "auto"
     return ray
 
 # %% ../nbs/04_executor.ipynb #6514378a
-def _canonical(x):
-    "A JSON-able, order-stable description of an item or a parameter, for its key (arrays by the hash of their bytes)."
+def _opaque(fn) -> bool:
+    "True for a callable whose name does not say all it computes: a lambda, a closure, a nested function, a bound method or a callable object."
+    if isinstance(fn, types.FunctionType): return "<" in fn.__qualname__ or fn.__closure__ is not None
+    if isinstance(fn, (type, types.BuiltinFunctionType, types.MethodDescriptorType, types.WrapperDescriptorType)): return False
+    try:  # another named module-level callable (numpy's dispatchers): its name must lead back to it
+        found = importlib.import_module(fn.__module__)
+        for part in fn.__qualname__.split("."): found = getattr(found, part)
+        return found is not fn
+    except (AttributeError, ImportError, TypeError): return True
+
+def _canonical(x, opaque: list | None = None):
+    "A JSON-able, order-stable description of an item or a parameter, for its key (arrays by the hash of their bytes); opaque callables are listed in `opaque`."
+    c = functools.partial(_canonical, opaque=opaque)
     if isinstance(x, np.ndarray): return {"ndarray": hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest(), "shape": list(x.shape), "dtype": str(x.dtype)}
-    if isinstance(x, dict): return {"dict": [[_canonical(k), _canonical(v)] for k, v in sorted(x.items(), key=lambda kv: repr(kv[0]))]}
-    if isinstance(x, (list, tuple)): return {type(x).__name__: [_canonical(v) for v in x]}
-    if isinstance(x, functools.partial): return {"partial": [_canonical(x.func), _canonical(list(x.args)), _canonical(x.keywords)]}
-    if callable(x): return {"function": f"{getattr(x, '__module__', '')}.{getattr(x, '__qualname__', repr(x))}"}
+    if isinstance(x, dict): return {"dict": [[c(k), c(v)] for k, v in sorted(x.items(), key=lambda kv: repr(kv[0]))]}
+    if isinstance(x, (list, tuple)): return {type(x).__name__: [c(v) for v in x]}
+    if isinstance(x, functools.partial): return {"partial": [c(x.func), c(list(x.args)), c(x.keywords)]}
+    if callable(x):
+        name = f"{getattr(x, '__module__', '')}.{getattr(x, '__qualname__', type(x).__qualname__)}"
+        if opaque is not None and _opaque(x): opaque.append(name)
+        return {"function": name}
     if isinstance(x, np.generic): return {"np": [x.dtype.str, repr(x.item())]}
     if isinstance(x, float): return {"float": repr(x)}
     if x is None or isinstance(x, (str, int, bool)): return x
@@ -98,32 +112,64 @@ def code_digest() -> str:
         _CODE_DIGEST = h.hexdigest()
     return _CODE_DIGEST
 
+def content_digest(*paths: str | Path) -> str:
+    "SHA-256 of files and folders (every file below a folder, by relative name and bytes): a model's weights as a cache salt."
+    h = hashlib.sha256()
+    for p in map(Path, paths):
+        if not p.exists(): raise FileNotFoundError(f"content_digest: {p} does not exist")
+        for f in ([p] if p.is_file() else sorted(q for q in p.rglob("*") if q.is_file())):
+            h.update((f.name if f == p else f.relative_to(p).as_posix()).encode()); h.update(sha256_file(f).encode())
+    return h.hexdigest()
+
+def _copy_atomic(src: Path, dest: Path):
+    "Copy so that a killed copy leaves no partial `dest`."
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp"); shutil.copyfile(src, tmp); os.replace(tmp, dest)
+
 @dataclass
 class ItemCache:
-    "Finished items' results on disk, keyed by the item, the files it names, the function and the code."
+    "Finished items' results on disk, keyed by the item, the files it names, the function, a salt and the code."
     folder: str | Path # where the entries live (one JSON file each); any folder outside DVC's outputs
     files: Callable | None = None # item -> paths whose content the result depends on (hashed into the key)
+    salt: object = None # JSON-able state the function's name does not show (a model's `content_digest`, fitted settings)
+    products: Callable | None = None # result -> files the item wrote: kept by content with the entry and written back on a hit
     hits: int = 0 # how many items the last map took from here
     stored: int = 0 # ... and how many it stored
 
     def key(self, fn: Callable, item) -> str:
-        content = [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in (self.files(item) if self.files else [])]
-        blob = json.dumps([code_digest(), _canonical(fn), _canonical(item), content], sort_keys=True)
+        opaque = []
+        described = [_canonical(fn, opaque), _canonical(item, opaque)]
+        if opaque and self.salt is None:
+            raise ValueError(f"the item cache cannot see the state of {sorted(set(opaque))} (a lambda, closure, bound method or "
+                             "callable object): give `salt`, JSON-able data that changes whenever that state does (e.g. its weights' content_digest)")
+        content = [sha256_file(p) if Path(p).is_file() else None for p in (self.files(item) if self.files else [])]  # None: absent
+        blob = json.dumps([code_digest(), described, content, _canonical(self.salt)], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
+    def _entry(self, key: str) -> Path: return Path(self.folder) / key[:2] / f"{key}.json"
+    def _blob(self, digest: str) -> Path: return Path(self.folder) / "blobs" / digest[:2] / digest
+
     def get(self, key: str):
-        "(True, result) if the entry exists, else (False, None)."
-        path = Path(self.folder) / key[:2] / f"{key}.json"
+        "(True, result) if the entry and its products' bytes exist (the products written back to their paths), else (False, None)."
+        path = self._entry(key)
         if not path.exists(): return False, None
-        return True, _decode(json.loads(path.read_text()))
+        entry = json.loads(path.read_text())
+        if not all(self._blob(d).exists() for _, d in entry["products"]): return False, None
+        for p, d in entry["products"]: _copy_atomic(self._blob(d), Path(p))
+        return True, _decode(entry["result"])
 
     def put(self, key: str, result) -> bool:
-        "Store a result (atomically: a killed write leaves no entry); False when its type cannot be stored."
-        try: text = json.dumps(_encode(result))
+        "Store a result and its products (atomically: a killed write leaves no entry); False when its type cannot be stored."
+        try: encoded = _encode(result)
         except TypeError: return False
-        path = Path(self.folder) / key[:2] / f"{key}.json"; path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp"); tmp.write_text(text); os.replace(tmp, path)
+        products = []
+        for p in (self.products(result) if self.products else []):
+            d = sha256_file(p); products.append([str(p), d])
+            if not self._blob(d).exists(): _copy_atomic(Path(p), self._blob(d))
+        path = self._entry(key); path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp"); tmp.write_text(json.dumps(dict(result=encoded, products=products))); os.replace(tmp, path)
         return True
+
 
 # %% ../nbs/04_executor.ipynb #84465ca3
 @dataclass
@@ -142,11 +188,13 @@ class Executor:
 
     def map(self, fn: Callable, items: Sequence, desc: str = "", progress: bool = True,
             files: Callable | None = None, # item -> files its result depends on (their content goes into the cache key)
+            salt: object = None, # cache: JSON-able state of `fn` its name does not show (needed for lambdas, closures, objects)
+            products: Callable | None = None, # cache: result -> files the item wrote (kept, and written back on a hit)
            ) -> list:
         "`[fn(x) for x in items]`, run by this executor; an exception in any task is raised here, with its own type."
         from tqdm.auto import tqdm
         items = list(items)
-        cache = self.cache = ItemCache(self.cache_dir, files) if self.cache_dir else None
+        cache = self.cache = ItemCache(self.cache_dir, files, salt, products) if self.cache_dir else None
         keys = [cache.key(fn, x) for x in items] if cache else []
         pairs = [None] * len(items)
         for i, k in enumerate(keys):

@@ -156,6 +156,22 @@ def test_killed_filter_stage_resumes_from_its_item_cache(repo):
     assert entries() > killed_at  # the rest was computed now, and kept
 
 
+def test_segment_and_caption_rerun_from_their_item_caches(repo):
+    """A forced rerun of segment and of caption (DVC removes their outputs first) takes every video's clips and every
+    clip's caption from the item cache: the clip files are written back from it, and every output is the same bytes."""
+    _run(["dvc", "repro", "--single-item", "caption"], repo)  # (done by the chain test when run in order)
+    seg, cap = repo / "artifacts" / "segment", repo / "artifacts" / "caption"
+    outputs = lambda: ({p.relative_to(repo).as_posix(): sha256_file(p) for p in sorted((seg / "clips").iterdir())}
+                       | {n: sha256_file(seg / n) for n in ("clips.parquet", "rejections.parquet", "frames.parquet")}
+                       | {n: sha256_file(cap / n) for n in ("captions.parquet", "rejections.parquet")})
+    reference = outputs()
+    n_videos = len(pd.read_parquet(repo / "artifacts" / "select" / "videos.parquet"))
+    n_clips = len(pd.read_parquet(seg / "clips.parquet"))
+    assert f"segment: {n_videos} of {n_videos} items from the cache" in _run(["dvc", "repro", "--force", "--single-item", "segment"], repo)
+    assert f"caption (grounded): {n_clips} of {n_clips} items from the cache" in _run(["dvc", "repro", "--force", "--single-item", "caption"], repo)
+    assert outputs() == reference and "up to date" in _run(["dvc", "status", "caption"], repo)
+
+
 def test_profile_switch_edits_one_value_and_reruns(repo):
     """`medgen-profile paper` changes common.profile and nothing else in params.yaml; every stage is then stale (the param
     and the profile file), the runner merges params/paper.yaml, and `dvc repro` reruns the stage at paper scale."""

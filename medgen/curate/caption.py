@@ -380,6 +380,7 @@ def caption_clips(
     prompts: Mapping | None = None, # prompt templates for an MLLM; None: `load_prompts()`
     progress: bool = True, # show a progress bar
     executor=None, # `medgen.executor.Executor` that maps `caption_row` over the clips (default: local)
+    salt=None, # with an item cache: JSON-able state of `client`, `modality_fn` and `refine_fn` (their weights' digests, settings)
 ) -> tuple[pd.DataFrame, list[dict]]: # captions table (one row per captioned clip), rejection rows
     "Caption every clip of a clips table."
     from medgen.executor import Executor
@@ -391,7 +392,8 @@ def caption_clips(
                              motion=motion, seed=seed, modality_fn=modality_fn, refine_fn=refine_fn, backgrounds=backgrounds,
                              prompts=prompts)
     out = (executor or Executor()).map(step, clips.sort_values("clip_id", kind="stable").to_dict("records"),
-                                       desc=f"caption ({name})", progress=progress)
+                                       desc=f"caption ({name})", progress=progress, salt=salt,
+                                       files=lambda rec: [Path(clips_dir) / rec["file"]])  # the clip's bytes key a cached caption
     rows = [r for r, _, _ in out if r is not None]
     bad = [b for _, b, _ in out if b is not None]
     seconds = [t for r, _, t in out if r is not None]

@@ -224,7 +224,8 @@ def segment_videos(selected: pd.DataFrame, frames: pd.DataFrame, corpus_dir: str
                    progress: bool = True, executor=None) -> tuple[pd.DataFrame, list[dict]]:
     """Plan and cut the clips of every `selected` video from its per-frame scores in `frames`
     (columns video_id, t_s, medical_prob, similarity_to_prev); clips go to `out_dir/clips/<clip_id>.mp4`.
-    `segment_video` is mapped over the videos by `executor` (default: local).
+    `segment_video` is mapped over the videos by `executor` (default: local); with an item cache a rerun takes a
+    finished video's rows from it and writes its clip files back.
     Returns the clips table (`file` relative to `out_dir/clips`, as ingest's `file` is relative to the corpus) and rejection rows."""
     from medgen.executor import Executor
     cols = ["t_s", "medical_prob", "similarity_to_prev"]
@@ -234,7 +235,9 @@ def segment_videos(selected: pd.DataFrame, frames: pd.DataFrame, corpus_dir: str
     step = functools.partial(segment_video, corpus_dir=str(corpus_dir), out_dir=str(out_dir), fps=fps, threshold=threshold, tau=tau,
                              min_seconds=min_seconds, max_seconds=max_seconds, min_short_side=min_short_side, out_fps=out_fps,
                              max_side=max_side, backend=backend)
-    out = (executor or Executor()).map(step, items, desc="segment", progress=progress)
+    out = (executor or Executor()).map(step, items, desc="segment", progress=progress,
+                                       files=lambda item: [Path(corpus_dir) / item[0]["file"]],  # the source's bytes key its cached clips
+                                       products=lambda result: [Path(out_dir) / "clips" / m["file"] for m in result[0]])  # ... and the clips come back
     rows = [r for made, _ in out for r in made]
     return pd.DataFrame(rows, columns=CLIP_COLUMNS), [bad for _, bad in out if bad is not None]
 
