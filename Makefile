@@ -4,8 +4,13 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Where the raw corpus comes from: the shared sample corpus by default; any folder holding manifest.csv + videos/.
-CORPUS ?= ../shared/corpus
+# The raw corpus: data/, tracked by data.dvc. `make data` brings the sample corpus; `make data CORPUS=/path/to/folder`
+# (any folder holding manifest.csv + videos/), or CORPUS=... on any other target, imports that folder instead. Without
+# CORPUS=, every other target (repro, test, ...) keeps whatever corpus data.dvc tracks.
+SAMPLE_CORPUS := ../shared/corpus
+ifneq ($(filter command line environment override,$(origin CORPUS)),)
+WANTED_CORPUS := $(CORPUS)
+endif
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export PYTHONDONTWRITEBYTECODE := 1
@@ -14,7 +19,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: setup data push pull repro test test-fast lab export readme docs profile clean-scratch bench
 
-setup: $(STAMP) data
+setup: $(STAMP) corpus
 
 # The environment: created when missing, reinstalled only when the pins change.
 $(STAMP): requirements.txt requirements.lock pyproject.toml
@@ -26,21 +31,32 @@ $(STAMP): requirements.txt requirements.lock pyproject.toml
 
 # DVC analytics and update checks are off in the committed .dvc/config (offline by default).
 
-# The raw corpus, tracked by data.dvc. `make data CORPUS=/path/to/folder` imports another folder of the same shape.
-data: $(STAMP)
-	@# data.dvc records where data/ came from; import again only when CORPUS is another folder (from any state:
-	@# a fresh clone, after setup, after an earlier import). data/ is DVC's copy, so removing it loses nothing.
-	@current=$$($(BIN)/python -c "import os, yaml; print(os.path.realpath(yaml.safe_load(open('data.dvc'))['deps'][0]['path']))" 2>/dev/null); \
-	wanted=$$(realpath -m "$(CORPUS)"); \
-	if [ ! -f "$$wanted/manifest.csv" ]; then echo "make data: $(CORPUS) has no manifest.csv (a corpus folder holds manifest.csv + videos/)" >&2; exit 1; fi; \
+# import_corpus WANTED: import WANTED as data/ (data.dvc) when data.dvc tracks another folder (from any state: a fresh
+# clone, after setup, after an earlier import); bring data/ back when it is missing. data/ is DVC's copy: removing it loses nothing.
+define import_corpus
+	@tracked=$$($(BIN)/python -c "import yaml; print(yaml.safe_load(open('data.dvc'))['deps'][0]['path'])" 2>/dev/null); \
+	given="$(1)"; given="$${given:-$${tracked:-$(SAMPLE_CORPUS)}}"; \
+	current=$$([ -n "$$tracked" ] && realpath -m "$$tracked"); wanted=$$(realpath -m "$$given"); \
+	if [ ! -f "$$wanted/manifest.csv" ]; then echo "make: corpus $$given has no manifest.csv (a corpus folder holds manifest.csv + videos/)" >&2; exit 1; fi; \
 	if [ "$$current" != "$$wanted" ]; then \
-		echo "make data: importing $(CORPUS) as data/ (data.dvc)"; \
-		rm -rf data && $(BIN)/dvc import-url --force "$(CORPUS)" data || exit 1; \
+		echo "make: importing $$given as data/ (data.dvc)"; \
+		rm -rf data && $(BIN)/dvc import-url --force "$$given" data || exit 1; \
 	elif [ ! -f data/manifest.csv ]; then \
 		$(BIN)/dvc update data.dvc || exit 1; \
 	fi
-	@# the downstream benchmark (lung POCUS, ../shared/corpus_pocus), tracked by data_pocus.dvc
-	@if [ ! -f data_pocus/manifest.csv ]; then $(BIN)/dvc update data_pocus.dvc; fi
+	@# the labelled reference set (the sample corpus: segment's frame classifier, the defect set), and the downstream
+	@# benchmark (lung POCUS, ../shared/corpus_pocus): each tracked by its own .dvc file
+	@for d in data_reference data_pocus; do if [ ! -f $$d/manifest.csv ]; then $(BIN)/dvc update $$d.dvc || exit 1; fi; done
+	@echo "make: corpus data/ <- $$($(BIN)/python -c "import yaml; print(yaml.safe_load(open('data.dvc'))['deps'][0]['path'])") (data.dvc)"
+endef
+
+# `make data`: the sample corpus, or CORPUS=... . Other targets (through setup) keep data.dvc's corpus unless CORPUS= is given.
+data: $(STAMP)
+	$(call import_corpus,$(or $(WANTED_CORPUS),$(SAMPLE_CORPUS)))
+
+.PHONY: corpus
+corpus: $(STAMP)
+	$(call import_corpus,$(WANTED_CORPUS))
 
 # DVC remote: data, models and adapters (`remote` in .dvc/config: a local folder beside the clone by default; any DVC
 # remote, e.g. `dvc remote add -d store s3://bucket/medgen`). TARGETS narrows what moves (stages or .dvc files).
@@ -50,8 +66,10 @@ push: $(STAMP)
 pull: $(STAMP)
 	$(BIN)/dvc pull $(TARGETS)
 
+# STAGES narrows the run to some stages and what they need (e.g. `make repro STAGES=ingest`); empty: the whole pipeline.
+STAGES ?=
 repro: setup
-	$(BIN)/dvc repro
+	$(BIN)/dvc repro $(STAGES)
 
 # Debian's Chromium for the browser tests (tests/test_browser.py; Playwright drives /usr/bin/chromium, never its own download).
 # Installed only when missing; needs root and apt-get.

@@ -6,7 +6,7 @@ Docs: https://github.com/medgen-compendium/medgen/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #26a1318b
 from __future__ import annotations
-import hashlib, json, logging, os, random, sys
+import hashlib, json, logging, os, random, re, sys, unicodedata
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -15,8 +15,9 @@ import pandas as pd
 import yaml
 
 # %% auto #0
-__all__ = ['REJECTION_COLUMNS', 'project_root', 'load_params', 'deep_merge', 'get_logger', 'seed_everything', 'sha256_file',
-           'write_table', 'write_json', 'rejection', 'rejections_frame', 'append_rejections']
+__all__ = ['SAFE_NAME', 'REJECTION_COLUMNS', 'project_root', 'load_params', 'deep_merge', 'get_logger', 'seed_everything',
+           'sha256_file', 'safe_stem', 'write_table', 'write_json', 'rejection', 'rejections_frame',
+           'append_rejections', 'StageStop']
 
 # %% ../nbs/00_core.ipynb #f201c291
 def project_root(start: str | Path | None = None) -> Path:
@@ -74,6 +75,21 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: f.read(chunk), b""): h.update(block)
     return h.hexdigest()
 
+# %% ../nbs/00_core.ipynb #dbea6f13
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # a file-name stem every file system and shell takes as it is
+
+def safe_stem(name: str, # an id from a manifest or a table (any Unicode text)
+             ) -> str:
+    """A file-name stem for `name`: the name itself when it is already safe (letters, digits, '.', '_', '-'), else its
+    ASCII transliteration with every other character as '_' and 8 hex digits of its SHA-256, so that two names that
+    fold to the same text still get different files. Stable across runs and machines; the tables keep the original name."""
+    name = str(name)
+    if SAFE_NAME.fullmatch(name) and name not in (".", ".."): return name
+    ascii_ = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", ascii_).strip("._-")[:100] or "id"
+    return f"{slug}-{hashlib.sha256(name.encode('utf-8')).hexdigest()[:8]}"
+
+
 # %% ../nbs/00_core.ipynb #5451e94f
 def write_table(df: pd.DataFrame, path: str | Path) -> Path:
     "Write `df` to parquet (no index), creating the folder; same frame, same bytes."
@@ -106,3 +122,8 @@ def append_rejections(previous: pd.DataFrame | str | Path | None, rows: Iterable
     prev = rejections_frame() if previous is None else previous[REJECTION_COLUMNS].astype("string")
     new = rejections_frame(rows).sort_values(["video_id", "clip_id", "reason"], kind="stable", na_position="first")
     return pd.concat([prev, new], ignore_index=True)
+
+# %% ../nbs/00_core.ipynb #773ce962
+class StageStop(RuntimeError):
+    "A stage that cannot go on for a reason its user must act on; its message is one line, printed alone by the stage runner."
+

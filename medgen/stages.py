@@ -11,7 +11,7 @@ from pathlib import Path
 
 import nbformat
 
-from .core import deep_merge, get_logger, load_params, project_root
+from .core import StageStop, deep_merge, get_logger, load_params, project_root
 
 # %% auto #0
 __all__ = ['profiled_params', 'set_profile', 'medgen_profile', 'params_section', 'stage_values', 'stage_parser',
@@ -208,6 +208,9 @@ def run_stage(cmd: str | list[str], # the stage command as `dvc.yaml` writes it 
     try:
         pm.execute_notebook(str(nb_in), str(nb_out), parameters=values, kernel_name="python3", cwd=str(root),
                             progress_bar=False, log_output=True, report_mode=False)
+    except pm.PapermillExecutionError as e:
+        if e.ename == "StageStop": raise StageStop(f"stage {a.name} stopped: {e.evalue} (report: {nb_out.relative_to(root)})") from None
+        raise
     finally:
         if nb_out.exists(): nbformat.write(shrink_images(strip_volatile(nbformat.read(str(nb_out), as_version=4))), str(nb_out))
     seconds = round(time.perf_counter() - t0, 1)
@@ -223,7 +226,9 @@ def medgen_stage(argv: list[str] | None = None):
     import sys
     argv = sys.argv[1:] if argv is None else argv
     parse_stage_command(argv)  # --help and usage errors before any work
-    run_stage(argv)
+    try: run_stage(argv)
+    except StageStop as e:  # the notebook said why it cannot go on: that line alone, no traceback
+        print(f"medgen-stage: {e}", file=sys.stderr); sys.exit(1)
 
 # %% ../nbs/03_stages.ipynb #e145a610
 def render_reports(root: str | Path | None = None, # project root

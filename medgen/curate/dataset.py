@@ -14,7 +14,7 @@ import pandas as pd
 import yaml
 from tqdm.auto import tqdm
 
-from ..core import get_logger, rejection, rejections_frame
+from ..core import get_logger, rejection, rejections_frame, safe_stem
 from .caption import CAPTION_RECIPES
 from ..video import VideoError, probe_video
 
@@ -109,10 +109,6 @@ def final_clips(clips: pd.DataFrame, rejections: pd.DataFrame) -> tuple[pd.DataF
     keep = clips[~clips.clip_id.astype(str).isin(rejected)]
     return keep.sort_values("clip_id", kind="stable").reset_index(drop=True), gone
 
-def _file_stem(clip_id: str) -> str:
-    "A file-system-safe, deterministic stem for a clip id."
-    return re.sub(r"[^A-Za-z0-9._-]", "_", str(clip_id))
-
 def _words(text) -> int:
     return len(str(text).split()) if isinstance(text, str) else 0
 
@@ -136,7 +132,7 @@ def package_clips(clips: pd.DataFrame, clips_dir: str | Path, out_dir: str | Pat
         try: info = probe_video(src)
         except VideoError as e:
             bad.append(rejection(vid, STAGE, "unreadable", f"{rec['file']}: {e}", clip_id=cid)); continue
-        name = f"videos/{_file_stem(cid)}{src.suffix.lower()}"
+        name = f"videos/{safe_stem(cid)}{src.suffix.lower()}"
         shutil.copyfile(src, out_dir / name)
         flag = rec[privacy_flag_column]
         rows.append(dict(file_name=name, name=cid, video_id=rec["video_id"], start_s=round(float(rec["start_s"]), 3),
@@ -357,10 +353,11 @@ def _noncommercial_notes(lic: pd.DataFrame, videos_acc: pd.DataFrame | None, vid
 
 def dataset_card(meta: pd.DataFrame, funnel: pd.DataFrame, backends: dict[str, list[str]], pretty_name: str = "MedVideoCap (compendium rebuild)",
                  folder: str = "medvideocap", max_ids: int = 30, videos_acc: pd.DataFrame | None = None,
-                 video_licences: dict | None = None) -> str:
+                 video_licences: dict | None = None, corpus: dict | None = None) -> str:
     """The dataset card (README.md) for the folder holding `meta`'s clips, from the tables only (at most `max_ids` clip ids
     per licence). With `videos_acc` (`account_for_videos`) and `video_licences` (video id -> licence) it also says where
-    non-commercially licensed source videos that are not in the dataset left the funnel."""
+    non-commercially licensed source videos that are not in the dataset left the funnel. `corpus` (ingest's
+    `corpus_provenance`) names the corpus it was curated from: its folder of origin and its manifest's SHA-256."""
     n, clean = len(meta), int(meta.privacy_clean.sum())
     hours = meta.duration_s.sum() / 3600
     head = yaml.safe_dump(card_header(pretty_name, n, meta.category), sort_keys=False, allow_unicode=True)
@@ -376,13 +373,15 @@ def dataset_card(meta: pd.DataFrame, funnel: pd.DataFrame, backends: dict[str, l
     fields = pd.DataFrame({"field": list(METADATA_FIELDS), "meaning": list(METADATA_FIELDS.values())})
     back = "\n".join(f"- `{k}`: " + (", ".join(f"`{v}`" for v in vals) or "(none)") for k, vals in backends.items())
     motion = meta.camera_motion.value_counts().sort_index()
+    source = (f"the corpus imported from `{html.escape(str(corpus['imported_from']), quote=False)}` (manifest SHA-256 "
+              f"`{corpus['manifest_sha256']}`)" if corpus else "a corpus not named to this card")
     return f"""---
 {head}---
 
 # {pretty_name}
 
-A rebuild of MedVideoCap-55K's curation (MedGen, Wang et al. 2025, §3) by the MedGen compendium, run on the
-compendium's sample corpus: **{n} clips, {hours * 60:.1f} minutes** from {meta.video_id.nunique()} source videos, each with a
+A rebuild of MedVideoCap-55K's curation (MedGen, Wang et al. 2025, §3) by the MedGen compendium, curated from
+{source}: **{n} clips, {hours * 60:.1f} minutes** from {meta.video_id.nunique()} source videos, each with a
 caption per paper's recipe (MedGen's detailed and brief captions, Ophora's refined one, Bora's with background knowledge:
 how each is made is in the fields table), its measured resolution, bitrate, frame rate and duration, its aesthetic and technical
 quality scores (with the backend that produced them), its camera motion, category, licence and source.

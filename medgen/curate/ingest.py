@@ -6,7 +6,7 @@ Docs: https://github.com/medgen-compendium/medgen/ingest.html.md"""
 
 # %% ../../nbs/10_ingest.ipynb #91140e03
 from __future__ import annotations
-import csv, io, math, re
+import csv, hashlib, io, math, re, unicodedata
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import pandas as pd
@@ -16,15 +16,28 @@ from ..core import get_logger, rejection, rejections_frame, sha256_file
 from ..video import VideoError, probe_video, read_frames
 
 # %% auto #0
-__all__ = ['STAGE', 'REQUIRED_COLUMNS', 'VIDEO_SUFFIXES', 'NUMERIC_COLUMNS', 'SAFE_ID', 'CONTENT_RULES', 'ManifestError',
-           'read_manifest', 'confined_path', 'content_fault', 'check_video', 'ingest_corpus', 'ingest_metrics']
+__all__ = ['STAGE', 'REQUIRED_COLUMNS', 'VIDEO_SUFFIXES', 'NUMERIC_COLUMNS', 'MAX_ID_CHARS', 'CONTENT_RULES', 'id_fault',
+           'ManifestError', 'read_manifest', 'confined_path', 'content_fault', 'check_video', 'corpus_provenance',
+           'ingest_corpus', 'ingest_metrics']
 
 # %% ../../nbs/10_ingest.ipynb #b537e74e
 STAGE = "ingest"
 REQUIRED_COLUMNS = ["video_id", "file", "sha256", "domain", "modality", "license"]
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mpeg", ".mpg", ".mkv", ".gif", ".avi", ".webm", ".m4v"}
 NUMERIC_COLUMNS = ["seconds", "width", "height", "fps"]  # optional; when given, a finite number > 0
-SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # ids become file names downstream (segment: ID__00.mp4)
+MAX_ID_CHARS = 128
+
+def id_fault(vid: str, # a manifest's video_id
+            ) -> str:
+    """Why `vid` cannot be a video id ('' if it can). Spaces, accents and any script are fine: files downstream are named
+    by `safe_stem(vid)` and the tables keep the id itself. A path (a '/' or '\\'), '.' or '..', a control character,
+    surrounding blanks or more than 128 characters are not."""
+    if not vid.strip(): return "empty"
+    if "/" in vid or "\\" in vid or vid in (".", ".."): return f"{vid[:60]!r} is a path, not a name"
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs") for ch in vid): return f"{vid[:60]!r} holds a control character"
+    if vid != vid.strip(): return f"{vid[:60]!r} begins or ends with a blank"
+    if len(vid) > MAX_ID_CHARS: return f"{vid[:60]!r}… has {len(vid)} characters (at most {MAX_ID_CHARS})"
+    return ""
 
 class ManifestError(ValueError):
     "A manifest that cannot be used at all; the message names the file, and the row and column where it can."
@@ -71,8 +84,7 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
 def _row_fault(rec: dict, where: str) -> str:
     "Why one manifest record cannot be used ('' if it can): the row and column named."
     vid, file = rec["video_id"], rec["file"]
-    if not vid.strip(): return f"{where}, column video_id: empty"
-    if not SAFE_ID.fullmatch(vid): return f"{where}, column video_id: {vid[:60]!r} is not a safe name (letters, digits, '.', '_', '-'; up to 128)"
+    if id_fault(vid): return f"{where}, column video_id: {id_fault(vid)}"
     if not file.strip(): return f"{where}, column file: empty"
     for col in ("file", "sha256"):
         if any(ch in rec[col] for ch in "\r\n\t"): return f"{where}, column {col}: a line break inside the value (a quote opened in one row and closed in a later one?)"
@@ -124,6 +136,25 @@ def check_video(corpus_dir: Path, row: dict, verify_checksums: bool = True, rule
     if fault: return None, rejection(vid, STAGE, *fault)
     return {**row, **info.as_dict()}, None
 
+# %% ../../nbs/10_ingest.ipynb #9660a5eb
+def corpus_provenance(corpus_dir: str | Path, # the corpus folder the pipeline reads (data/)
+                      manifest: str = "manifest.csv", # its manifest, inside it
+                     ) -> dict:
+    """Which corpus this is: the folder DVC imported it from (read from `<corpus_dir>.dvc` when DVC tracks it, else the
+    folder itself), the manifest's SHA-256 and its number of lines. The ingest stage logs it and writes it beside its tables;
+    the dataset card repeats it, so every table says which corpus it came from."""
+    corpus_dir = Path(corpus_dir)
+    tracker = corpus_dir.parent / f"{corpus_dir.name}.dvc"
+    source = str(corpus_dir)
+    if tracker.is_file():
+        import yaml
+        deps = (yaml.safe_load(tracker.read_text()) or {}).get("deps") or []
+        if deps and deps[0].get("path"): source = str(deps[0]["path"])
+    text = (corpus_dir / manifest).read_bytes()
+    return dict(folder=str(corpus_dir), imported_from=source, manifest=manifest,
+                manifest_sha256=hashlib.sha256(text).hexdigest(), manifest_lines=text.count(b"\n"))
+
+
 # %% ../../nbs/10_ingest.ipynb #6c4f6167
 def ingest_corpus(corpus_dir: str | Path, manifest: str = "manifest.csv", verify_checksums: bool = True,
                   progress: bool = True, rules: dict | None = None, # content rules (CONTENT_RULES' keys; params ingest.content)
@@ -131,10 +162,12 @@ def ingest_corpus(corpus_dir: str | Path, manifest: str = "manifest.csv", verify
     "Videos table and rejection table for the folder `corpus_dir` described by its `manifest`."
     log, corpus_dir = get_logger("medgen.curate.ingest"), Path(corpus_dir)
     man = read_manifest(corpus_dir / manifest)
-    log.info("ingesting %d manifest rows from %s (checksums %s)", len(man), corpus_dir, "on" if verify_checksums else "off")
+    prov = corpus_provenance(corpus_dir, manifest)
+    log.info("ingesting %d manifest rows from %s (imported from %s; manifest sha256 %s; checksums %s)", len(man), corpus_dir,
+             prov["imported_from"], prov["manifest_sha256"][:16], "on" if verify_checksums else "off")
     videos, rejected = [], []
     for r in man[man.fault != ""].itertuples():  # unusable rows: the id may be unsafe, so the row number names them
-        rejected.append(rejection(r.video_id if SAFE_ID.fullmatch(r.video_id) else f"manifest_row_{r.row}", STAGE, "bad_manifest_row", r.fault))
+        rejected.append(rejection(f"manifest_row_{r.row}" if id_fault(r.video_id) else r.video_id, STAGE, "bad_manifest_row", r.fault))
     usable = man[man.fault == ""]
     columns = [c for c in man.columns if c not in ("row", "fault")]
     groups = sorted(usable.groupby("video_id", sort=False), key=lambda g: g[0])

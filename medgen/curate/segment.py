@@ -13,14 +13,14 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ..core import get_logger, rejection, write_json
+from ..core import get_logger, rejection, safe_stem, write_json
 from ..video import VideoError, read_frames, write_video
 
 # %% auto #0
-__all__ = ['STAGE', 'CARRIED', 'CLIP_COLUMNS', 'maximal_runs', 'find_segments', 'split_run', 'clip_spans', 'grouped_folds',
-           'balanced_weights', 'fit_head', 'cross_validate_head', 'classification_metrics', 'save_head', 'load_head',
-           'adjacent_similarity', 'splice_similarity', 'plan_video', 'cut_clip', 'segment_video', 'segment_videos',
-           'frame_strip', 'plot_timelines']
+__all__ = ['STAGE', 'REFERENCE_PREFIX', 'CARRIED', 'CLIP_COLUMNS', 'maximal_runs', 'find_segments', 'split_run', 'clip_spans',
+           'grouped_folds', 'balanced_weights', 'fit_head', 'cross_validate_head', 'classification_metrics',
+           'save_head', 'load_head', 'reference_training_videos', 'adjacent_similarity', 'splice_similarity',
+           'plan_video', 'cut_clip', 'segment_video', 'segment_videos', 'frame_strip', 'plot_timelines']
 
 # %% ../../nbs/13_segment.ipynb #f94a2bea
 STAGE = "segment"
@@ -93,7 +93,9 @@ def fit_head(embeddings: np.ndarray, labels: Sequence[int], groups: Sequence[str
     "A logistic-regression medical-frame head with `balanced_weights`."
     from sklearn.linear_model import LogisticRegression
     y = np.asarray(labels, int)
-    if len(set(y.tolist())) < 2: raise ValueError("the frame classifier needs medical and non-medical frames")
+    if len(set(y.tolist())) < 2:
+        raise ValueError(f"the frame classifier needs medical and non-medical frames, got only {'medical' if y[0] else 'non-medical'} ones "
+                         "(its training set is the reference set plus the corpus's labelled videos: is data_reference/ there? `make data`)")
     return LogisticRegression(C=C, max_iter=5000, random_state=seed).fit(embeddings, y, sample_weight=balanced_weights(y, groups))
 
 def cross_validate_head(embeddings: np.ndarray, labels: Sequence[int], groups: Sequence[str], n_folds: int | None = None,
@@ -128,6 +130,21 @@ def load_head(path: str | Path):
     head.coef_, head.intercept_ = np.array(d.pop("coef")), np.array(d.pop("intercept"))
     head.classes_ = np.array(d.pop("classes")); head.n_features_in_ = head.coef_.shape[1]
     return head, d
+
+# %% ../../nbs/13_segment.ipynb #479d1e1f
+REFERENCE_PREFIX = "reference:"
+
+def reference_training_videos(corpus: pd.DataFrame, # the corpus's ingested videos (video_id, sha256, domain, ...)
+                              reference: pd.DataFrame, # the reference set's ingested videos, same columns
+                             ) -> pd.DataFrame:
+    """The reference videos whose frames join C's training set: every one whose bytes (`sha256`) the corpus does not hold,
+    its `video_id` prefixed with `REFERENCE_PREFIX` and its own id kept as `reference_id`."""
+    held = set(corpus.sha256.str.lower()) if len(corpus) else set()
+    extra = reference[~reference.sha256.str.lower().isin(held)].copy()
+    extra.insert(1, "reference_id", extra.video_id)
+    extra["video_id"] = REFERENCE_PREFIX + extra.video_id.astype(str)
+    return extra.reset_index(drop=True)
+
 
 # %% ../../nbs/13_segment.ipynb #b2f24667
 def adjacent_similarity(embeddings: np.ndarray) -> np.ndarray:
@@ -204,7 +221,7 @@ def segment_video(item: tuple[dict, dict | None, str | None], # (selected video 
     made = []
     try:
         for k, (i, j) in enumerate(spans):
-            clip_id = f"{vid}__{k:02d}"; file = f"{clip_id}.mp4"
+            clip_id = f"{vid}__{k:02d}"; file = f"{safe_stem(vid)}__{k:02d}.mp4"  # the table keeps the id, the file a safe name
             cut = cut_clip(Path(corpus_dir) / video["file"], times[i], times[j], Path(out_dir) / "clips" / file, out_fps,
                            max_side, video_info(video))
             made.append(dict(clip_id=clip_id, video_id=vid, start_s=round(float(times[i]), 6), end_s=round(float(times[j]), 6),

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 # %% auto #0
-__all__ = ['SPLITS', 'split_by_source']
+__all__ = ['SPLITS', 'split_by_source', 'check_enough_to_split']
 
 # %% ../../nbs/41_split.ipynb #96cae90b
 SPLITS = ("train", "held_out")
@@ -44,3 +44,19 @@ def split_by_source(clips: pd.DataFrame, # one row per clip: `clip_column`, `gro
         held = np.flatnonzero(out.group.isin(order[: max(1, round(len(groups) / k))]).values)
     out.loc[held, "split"] = "held_out"
     return out
+
+# %% ../../nbs/41_split.ipynb #8ca4792c
+def check_enough_to_split(clips: pd.DataFrame, # the curated dataset's metadata, one row per clip
+                          rejections: pd.DataFrame, # the funnel's rejection table (stage, reason per removed video or clip)
+                          group_column: str = "video_id", # the source column
+                          min_sources: int = 2, # a training side and a held-out side need this many sources
+                         ) -> None:
+    "Raise `StageStop` with one line when `clips` come from fewer than `min_sources` sources: counts and the rules that removed most."
+    from medgen.core import StageStop
+    sources = int(clips[group_column].nunique()) if len(clips) else 0
+    if sources >= min_sources: return
+    top = rejections.groupby(["stage", "reason"]).size().sort_values(ascending=False, kind="stable").head(3) if len(rejections) else pd.Series(dtype=int)
+    why = "; ".join(f"{stage} {reason} ({n})" for (stage, reason), n in top.items()) or "none recorded"
+    raise StageStop(f"curation kept {len(clips)} clip(s) from {sources} source video(s); a training and a held-out side need at least "
+                    f"{min_sources}. Removed most (rejection rows): {why}")
+
