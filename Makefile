@@ -105,8 +105,11 @@ bench: setup
 test-fast: setup
 	$(BIN)/python -m pytest -m "not integration and not browser"
 
+# JupyterLab on loopback with Jupyter's own token (printed with the URL to open): another account on a shared machine
+# cannot use it without the token. LAB_PORT picks the port.
+LAB_PORT ?= 8888
 lab: setup
-	$(BIN)/jupyter lab --allow-root --no-browser --ip=127.0.0.1 --port=8888 --IdentityProvider.token='' --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/nbs/index.ipynb
+	$(BIN)/jupyter lab --allow-root --no-browser --ip=127.0.0.1 --port=$(LAB_PORT) --ServerApp.port_retries=0 --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/nbs/index.ipynb
 
 export: $(STAMP)
 	$(BIN)/nbdev-export

@@ -6,8 +6,9 @@ Not a test file: helpers for tests that open notebooks in JupyterLab with Playwr
 API
 ---
 `jupyter_lab(root, python_bin, *, startup_timeout_s=60)`
-    Context manager. Starts `python_bin -m jupyter lab` serving `root` on a free 127.0.0.1 port, empty token,
-    `--allow-root --no-browser`, waits (bounded) until it answers and yields the base URL (`http://127.0.0.1:PORT`).
+    Context manager. Starts `python_bin -m jupyter lab` serving `root` on a free 127.0.0.1 port with a random token
+    (as `make lab` keeps Jupyter's own), `--allow-root --no-browser`, waits (bounded) until it answers and yields the
+    server's URL with its token (`http://127.0.0.1:PORT/?token=TOKEN`, as Jupyter prints it).
     On exit it stops the server with SIGTERM (which shuts its kernels down), kills whatever is left of it and its
     kernels, and removes its scratch folder: nothing stays running. The server is isolated from the user's Jupyter
     setup (its own config, data, runtime, settings and workspace folders in a temporary directory, `MPLBACKEND`
@@ -21,7 +22,7 @@ API
     its folder goes first on PATH (as with `make lab`).
 
 `run_notebook_in_browser(base_url, rel_path, timeout_s=300, *, screenshot=None, load_timeout_s=60, shutdown_kernel=True)`
-    Opens `{base_url}/lab/tree/{rel_path}?reset` (`?reset`: an empty workspace, so no tab or kernel of an earlier
+    Opens `{server}/lab/tree/{rel_path}?reset&token=...` (`?reset`: an empty workspace, so no tab or kernel of an earlier
     run comes back) in headless Chromium, waits until every cell is shown and the kernel is idle (bounded by
     `load_timeout_s`), clears old outputs (Edit > Clear Outputs of All Cells), clicks Run > Run All Cells in the menu
     bar, waits until no cell shows `[*]` and the kernel is idle (at most `timeout_s` from that click; TimeoutError
@@ -50,6 +51,7 @@ import json
 import os
 import re
 import signal
+import secrets
 import socket
 import subprocess
 import tempfile
@@ -93,10 +95,17 @@ def _tail(path: Path, n: int = 40) -> str:
         return "(no log)"
 
 
-def _api(base_url: str, path: str, method: str = "GET", timeout: float = 10):
-    "Call the Jupyter server's REST API; the same made-up value in cookie and header passes its XSRF check."
-    req = urllib.request.Request(f"{base_url}{path}", method=method,
-                                 headers={"X-XSRFToken": "medgen-tests", "Cookie": "_xsrf=medgen-tests"})
+def server_of(url: str) -> tuple[str, str]:
+    "`(base URL, token)` of a server URL as `jupyter_lab` yields it (`http://127.0.0.1:PORT/?token=TOKEN`; no token: '')."
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}", urllib.parse.parse_qs(parts.query).get("token", [""])[0]
+
+
+def _api(url: str, path: str, method: str = "GET", timeout: float = 10):
+    "Call the Jupyter server's REST API with its token; the same made-up value in cookie and header passes its XSRF check."
+    base_url, token = server_of(url)
+    headers = {"X-XSRFToken": "medgen-tests", "Cookie": "_xsrf=medgen-tests"} | ({"Authorization": f"token {token}"} if token else {})
+    req = urllib.request.Request(f"{base_url}{path}", method=method, headers=headers)
     with _HTTP.open(req, timeout=timeout) as r:
         body = r.read()
     return json.loads(body) if body else None
@@ -124,10 +133,10 @@ def jupyter_lab(root: Path, python_bin: Path, *, startup_timeout_s: float = 60) 
         env.update(JUPYTER_CONFIG_DIR=str(tmp / "config"), JUPYTER_DATA_DIR=str(tmp / "data"),
                    JUPYTER_RUNTIME_DIR=str(tmp / "runtime"), IPYTHONDIR=str(tmp / "ipython"),
                    PATH=f"{python_bin.parent}{os.pathsep}{env.get('PATH', '')}")
-        port = _free_port()
-        base_url = f"http://127.0.0.1:{port}"
+        port, token = _free_port(), secrets.token_hex(24)
+        base_url = f"http://127.0.0.1:{port}/?token={token}"
         cmd = [str(python_bin), "-m", "jupyter", "lab", "--allow-root", "--no-browser", "--ip=127.0.0.1",
-               f"--port={port}", "--ServerApp.port_retries=0", "--IdentityProvider.token=",
+               f"--port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
                f"--ServerApp.root_dir={root}", f"--LabApp.user_settings_dir={tmp / 'settings'}",
                f"--LabApp.workspaces_dir={tmp / 'workspaces'}", "--LabApp.news_url=None",
                "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
@@ -145,7 +154,7 @@ def jupyter_lab(root: Path, python_bin: Path, *, startup_timeout_s: float = 60) 
                     raise RuntimeError(f"JupyterLab exited with code {proc.returncode} before answering on {base_url}:\n{_tail(log)}")
                 try:
                     _api(base_url, "/api/status", timeout=2)
-                    with _HTTP.open(f"{base_url}/lab", timeout=5) as r:
+                    with _HTTP.open(f"{server_of(base_url)[0]}/lab?token={token}", timeout=5) as r:
                         if r.status == 200:
                             break
                 except (OSError, ValueError):
@@ -270,7 +279,8 @@ def run_notebook_in_browser(base_url: str, rel_path: str, timeout_s: float = 300
 
     if not CHROMIUM.exists():
         raise RuntimeError(f"{CHROMIUM} is missing: run `make browser` (apt-get install chromium)")
-    base_url, rel_path = base_url.rstrip("/"), str(rel_path).lstrip("/")
+    rel_path = str(rel_path).lstrip("/")
+    server, token = server_of(base_url)
     quoted = urllib.parse.quote(rel_path)
     before = _api(base_url, f"/api/contents/{quoted}?content=0")["last_modified"]
     n_cells = len(_api(base_url, f"/api/contents/{quoted}")["content"]["cells"])
@@ -318,7 +328,7 @@ def run_notebook_in_browser(base_url: str, rel_path: str, timeout_s: float = 300
                     page.locator(f"li.lm-Menu-item[data-command='{command}']").click()
 
                 # `?reset`: start from an empty workspace, so no tab (and kernel) of an earlier run is restored.
-                page.goto(f"{base_url}/lab/tree/{quoted}?reset", wait_until="domcontentloaded")
+                page.goto(f"{server}/lab/tree/{quoted}?reset&token={token}", wait_until="domcontentloaded")  # the token sets the login cookie
                 # Loaded: every cell of the file is in the DOM (windowing is off) and the kernel has started and is idle.
                 wait_for("loaded notebook with an idle kernel", lambda s: s["cells"] == n_cells and s["status"] == "idle",
                          load_timeout_s, stable_s=0.5)

@@ -39,3 +39,31 @@ def test_browser_runs_a_notebook(tmp_path):
     assert run.n_tables >= 1, run
     assert run.screenshot.stat().st_size > 0
     assert hashlib.sha256(nb_path.read_bytes()).hexdigest() == digest, "the browser run changed the notebook file"
+
+
+def test_make_lab_keeps_a_token(tmp_path, root):
+    "`make lab` serves on loopback with Jupyter's token: its URL (printed, with the token) answers; without the token, 403."
+    import os, re, signal, subprocess, time, urllib.error, urllib.request
+    from jupyter_browser import _free_port
+    port = _free_port()
+    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "JUPYTER_CONFIG_DIR": str(tmp_path / "config")}
+    log = tmp_path / "lab.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(["make", "-o", ".venv/.installed", "lab", f"LAB_PORT={port}"], cwd=root, env=env,
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline, url = time.monotonic() + 90, None
+        while url is None and time.monotonic() < deadline and proc.poll() is None:
+            found = re.search(rf"http://127\.0\.0\.1:{port}/lab\S*\?token=([0-9a-f]+)", log.read_text(errors="replace"))
+            url = found and found.group(0); time.sleep(0.5)
+        assert url, f"no URL with a token printed:\n{log.read_text(errors='replace')[-3000:]}"
+        token = re.search(r"token=([0-9a-f]+)", url).group(1)
+        assert len(token) >= 32
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/contents/Makefile?content=0&token={token}", timeout=10) as r:
+            assert r.status == 200
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/contents/Makefile?content=0", timeout=10)
+        assert refused.value.code == 403
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
