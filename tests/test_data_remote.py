@@ -3,9 +3,9 @@
 The clones sit beside a link to the shared folder (so `../shared/corpus`, data.dvc's source, resolves as in the real
 checkout) and use this project's environment through a `.venv` link (`make -o .venv/.installed` never reinstalls it).
 Checked: a fresh clone brings the sample corpus in; another corpus replaces it after setup and after an earlier
-import; the default brings the sample back; a folder without a manifest is refused with a message. Then `make push`
+import; `make repro` keeps it (and ingest names it); `make data` alone brings the sample back; a folder without a manifest is refused with a message. Then `make push`
 from one clone and `make pull` into another, where `dvc repro` has nothing to do."""
-import os, shutil, subprocess, sys
+import hashlib, json, os, shutil, subprocess, sys
 from pathlib import Path
 
 import pandas as pd
@@ -71,6 +71,12 @@ def test_make_data_from_every_state(work):
     _make(clone, "data", f"CORPUS={two}")  # after an earlier import
     assert _source(clone) == two.resolve() and len(list((clone / "data" / "videos").iterdir())) == 1
     assert "importing" not in _make(clone, "data", f"CORPUS={two}")  # the same folder again: nothing to do
+    out = _make(clone, "repro", "STAGES=ingest")  # no CORPUS=: make repro keeps the corpus data.dvc tracks
+    assert "importing" not in out and _source(clone) == two.resolve(), out[-3000:]
+    assert pd.read_parquet(clone / "artifacts" / "ingest" / "videos.parquet").video_id.tolist() == ["neg_classroom"]
+    corpus = json.loads((clone / "artifacts" / "ingest" / "corpus.json").read_text())  # the run names its corpus
+    assert Path(corpus["imported_from"]).resolve() == two.resolve() and corpus["manifest_sha256"] == hashlib.sha256((two / "manifest.csv").read_bytes()).hexdigest()
+    assert f"make: corpus data/ <- {corpus['imported_from']}" in out
     _make(clone, "data")  # back to the sample corpus
     assert (clone / "data" / "manifest.csv").read_bytes() == sample and _source(clone) == (SHARED / "corpus").resolve()
     out = _make(clone, "data", f"CORPUS={work / 'nowhere'}", ok=False)
