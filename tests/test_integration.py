@@ -33,6 +33,7 @@ def _run(cmd, cwd, timeout=1500):
 def repo(tmp_path_factory, corpus):
     "A copy of the project whose `data/` is a subset of the corpus plus bad files; the filters' defect set uses its sources."
     dest = tmp_path_factory.mktemp("repo") / "medgen"
+    (dest.parent / "shared").symlink_to(ROOT.parent / "shared")  # where data_reference.dvc's import says it came from
     shutil.copytree(ROOT, dest, ignore=lambda d, names: [n for n in names if n in SKIP and not (Path(d) == ROOT / "nbs")])
     _run(["git", "init", "-q"], dest)
     make_bad_corpus(dest / "data", corpus, good_ids=GOOD_IDS)

@@ -45,6 +45,7 @@ def pocus_corpus(dest: Path, ids: dict[str, str]) -> Path:
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     dest = tmp_path_factory.mktemp("own") / "medgen"
+    (dest.parent / "shared").symlink_to(ROOT.parent / "shared")  # where data_reference.dvc's import says it came from
     shutil.copytree(ROOT, dest, ignore=lambda d, names: [n for n in names if n in SKIP and not (Path(d) == ROOT / "nbs")])
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
     pocus_corpus(dest / "data", LONG | SHORT)
@@ -59,7 +60,15 @@ def repo(tmp_path_factory):
     return dest
 
 
+def test_no_environment_is_one_line(repo):
+    "Without any environment to find (no .venv in the copy yet), the first stage says what to do in one line."
+    out = dvc_without_environment(["repro", "ingest"], repo, ok=False)
+    assert "medgen-stage: no project environment: run `make setup`" in out and "exited with 127" in out, out[-3000:]
+    assert "Traceback" not in out
+
+
 def test_medical_only_corpus_is_curated(repo):
+    (repo / ".venv").symlink_to(ROOT / ".venv")  # the project's environment, not on PATH: bin/medgen-stage finds it
     dvc_without_environment(["repro", "dataset"], repo)
     art = repo / "artifacts"
     assert sorted(pd.read_parquet(art / "ingest" / "videos.parquet").video_id) == sorted([*LONG.values(), *SHORT.values()])
