@@ -14,7 +14,7 @@ import pandas as pd
 
 # %% auto #0
 __all__ = ['STATUSES', 'DESCRIPTIVE', 'CLAIM_COLUMNS', 'holm', 'paired_difference', 'detectable_effect', 'units_to_detect',
-           'status_of', 'judge_claims', 'claim_line']
+           'status_of', 'judge_claims', 'claim_line', 'bootstrap_distance_difference']
 
 # %% ../../nbs/56_verdicts.ipynb #01feeaf3
 STATUSES = ("reproduced", "contradicted", "inconclusive", "not testable here")
@@ -127,3 +127,33 @@ def claim_line(row: dict | pd.Series, # a row of `judge_claims`
             s += (f"; the paper's {_signed(r['paper_effect'], digits)} would need {int(need)} {r['unit']}" if need
                   else f"; the paper's {_signed(r['paper_effect'], digits)} is beyond this design's reach")
     return s
+
+# %% ../../nbs/56_verdicts.ipynb #f699568e
+def _rows_of(groups: np.ndarray, picked: np.ndarray) -> np.ndarray:
+    "Row indices of the picked groups, each group's rows together, a group picked twice taken twice."
+    where = {g: np.flatnonzero(groups == g) for g in np.unique(groups)}
+    return np.concatenate([where[g] for g in picked])
+
+def bootstrap_distance_difference(distance, # f(x, y) -> float, e.g. `frechet_distance`
+                                  variant: np.ndarray, variant_units: Sequence, # the variant's feature rows, and each row's prompt
+                                  base: np.ndarray, base_units: Sequence, # the base's, on the same prompts
+                                  real: np.ndarray, real_units: Sequence, # the real rows, and each row's clip
+                                  n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    "distance(variant, real) - distance(base, real) with a prompt-paired, clip-grouped bootstrap interval and two-sided p."
+    variant_units, base_units, real_units = (np.asarray(u).astype(str) for u in (variant_units, base_units, real_units))
+    prompts = np.intersect1d(variant_units, base_units)
+    if len(prompts) < 2 or len(np.unique(real_units)) < 2:
+        raise ValueError(f"need >= 2 shared prompts and >= 2 real clips, got {len(prompts)} and {len(np.unique(real_units))}")
+    keep_v, keep_b = np.isin(variant_units, prompts), np.isin(base_units, prompts)
+    variant, variant_units, base, base_units = variant[keep_v], variant_units[keep_v], base[keep_b], base_units[keep_b]
+    estimate = distance(variant, real) - distance(base, real)
+    rng, clips, diffs = np.random.default_rng(seed), np.unique(real_units), []
+    for _ in range(n_boot):
+        p, c = rng.choice(prompts, len(prompts)), rng.choice(clips, len(clips))
+        r = real[_rows_of(real_units, c)]
+        diffs.append(distance(variant[_rows_of(variant_units, p)], r) - distance(base[_rows_of(base_units, p)], r))
+    diffs = np.asarray(diffs)
+    low, high = np.percentile(diffs, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
+    p = min(1.0, 2 * min((np.sum(diffs <= 0) + 1) / (n_boot + 1), (np.sum(diffs >= 0) + 1) / (n_boot + 1)))
+    return dict(estimate=float(estimate), low=float(low), high=float(high), p=float(p), n=int(len(prompts)),
+                n_real=int(len(clips)), n_boot=n_boot, sd=float(diffs.std(ddof=1)), unit="prompts (paired) x real clips")
