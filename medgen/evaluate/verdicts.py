@@ -14,7 +14,7 @@ import pandas as pd
 
 # %% auto #0
 __all__ = ['STATUSES', 'DESCRIPTIVE', 'CLAIM_COLUMNS', 'holm', 'paired_difference', 'detectable_effect', 'units_to_detect',
-           'status_of', 'judge_claims', 'claim_line', 'bootstrap_distance_difference']
+           'status_of', 'judge_claims', 'claim_line', 'bootstrap_distance_difference', 'claim_row']
 
 # %% ../../nbs/56_verdicts.ipynb #01feeaf3
 STATUSES = ("reproduced", "contradicted", "inconclusive", "not testable here")
@@ -157,3 +157,21 @@ def bootstrap_distance_difference(distance, # f(x, y) -> float, e.g. `frechet_di
     p = min(1.0, 2 * min((np.sum(diffs <= 0) + 1) / (n_boot + 1), (np.sum(diffs >= 0) + 1) / (n_boot + 1)))
     return dict(estimate=float(estimate), low=float(low), high=float(high), p=float(p), n=int(len(prompts)),
                 n_real=int(len(clips)), n_boot=n_boot, sd=float(diffs.std(ddof=1)), unit="prompts (paired) x real clips")
+
+# %% ../../nbs/56_verdicts.ipynb #9ad922b2
+def claim_row(paper: str, # the family: "MedGen", "Ophora" or "Bora"
+              table: str, # where the paper makes the claim ("MedGen Table 3")
+              claim: str, # the claim in words, its direction included
+              better: str, # "higher" or "lower": the paper's direction for `estimate`
+              test: dict | None = None, # `paired_difference` or `bootstrap_distance_difference` output; None: not tested
+              unit: str = "prompts", # what `n` counts (the independent unit)
+              paper_effect: float = float("nan"), # the published difference in the same units, where the paper gives one
+              untestable: str = "", # why the claim cannot be tested here (then `test` is None)
+              **extra) -> dict:
+    "One claim as the stages write it: the family, where and what, and the test's numbers (NaN where none ran)."
+    if (test is None) == (not untestable): raise ValueError("give a test, or say why there is none (untestable)")
+    t = test or {}
+    nan = float("nan")
+    return dict(family=paper, table=table, claim=claim, better=better, unit=t.get("unit", unit), paper_effect=paper_effect,
+                untestable=untestable, **{k: t.get(k, nan) for k in ("estimate", "low", "high", "p", "se", "df", "sd")},
+                n=int(t.get("n", 0)), variance_ratio=t.get("variance_ratio", 0.0), **extra)
