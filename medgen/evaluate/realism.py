@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 # %% auto #0
-__all__ = ['REALISM_BACKEND', 'answers', 'realism_judgements']
+__all__ = ['REALISM_BACKEND', 'answers', 'out_of_fold_p_real', 'realism_judgements']
 
 # %% ../../nbs/52_realism.ipynb #5d977a3a
 REALISM_BACKEND = "realism-judge(logreg on domain-CLIP clip features, grouped CV)"
@@ -20,12 +20,12 @@ def answers(p_real: np.ndarray, sure: float = 0.6) -> np.ndarray:
     p = np.asarray(p_real, dtype=float)
     return np.where(p >= sure, 1.0, np.where(p <= 1 - sure, 0.0, 0.5))
 
-def realism_judgements(real: np.ndarray, # real clip features (n_r, d)
+def out_of_fold_p_real(real: np.ndarray, # real clip features (n_r, d)
                        real_groups: np.ndarray, # the real clip each row comes from (windows of one clip share a group)
                        generated: np.ndarray, # one variant's generated video features (n_g, d)
-                       folds: int = 4, seed: int = 0, C: float = 1.0, sure: float = 0.6,
-                      ) -> pd.DataFrame: # one row per generated video: p_real (out of fold), answer
-    "Out-of-fold P(real) and the judge's answer for every generated video."
+                       folds: int = 4, seed: int = 0, C: float = 1.0,
+                      ) -> tuple[np.ndarray, np.ndarray]: # out-of-fold P(real) of the real rows, and of the generated ones
+    "The judge's out-of-fold P(real) for every real row and every generated video (grouped folds: a clip is never both trained on and judged)."
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedGroupKFold
     from sklearn.pipeline import make_pipeline
@@ -40,5 +40,14 @@ def realism_judgements(real: np.ndarray, # real clip features (n_r, d)
     for train, test in StratifiedGroupKFold(k, shuffle=True, random_state=seed).split(x, y, groups):
         model = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000)).fit(x[train], y[train])
         p[test] = model.predict_proba(x[test])[:, 1]
-    pg = p[len(real):]
+    return p[:len(real)], p[len(real):]
+
+def realism_judgements(real: np.ndarray, # real clip features (n_r, d)
+                       real_groups: np.ndarray, # the real clip each row comes from (windows of one clip share a group)
+                       generated: np.ndarray, # one variant's generated video features (n_g, d)
+                       folds: int = 4, seed: int = 0, C: float = 1.0, sure: float = 0.6,
+                      ) -> pd.DataFrame: # one row per generated video: p_real (out of fold), answer
+    "Out-of-fold P(real) and the judge's answer for every generated video."
+    _, pg = out_of_fold_p_real(real, real_groups, generated, folds, seed, C)
     return pd.DataFrame(dict(p_real=pg, answer=answers(pg, sure)))
+
