@@ -117,7 +117,11 @@ def claim_line(row: dict | pd.Series, # a row of `judge_claims`
                digits: int = 2) -> str:
     "The numbers behind a status: estimate, 95 % interval, raw and Holm p, n and unit; for an inconclusive claim what was detectable."
     r = dict(row)
-    if r["status"] == "not testable here": return str(r.get("untestable") or "not tested")
+    if r["status"] == "not testable here":
+        measured = np.isfinite(r.get("estimate", np.nan)) and np.isfinite(r.get("low", np.nan))
+        return str(r.get("untestable") or "not tested") + (
+            f" (measured all the same, not judged: {_signed(r['estimate'], digits)}, 95 % CI {_signed(r['low'], digits)} to "
+            f"{_signed(r['high'], digits)}, p = {r['p']:.3g}, n = {int(r['n'])} {r['unit']})" if measured else "")
     s = (f"{_signed(r['estimate'], digits)} (95 % CI {_signed(r['low'], digits)} to {_signed(r['high'], digits)}), "
          f"p = {r['p']:.3g}, Holm p = {r['p_holm']:.3g}, n = {int(r['n'])} {r['unit']}")
     if r["status"] == "inconclusive" and np.isfinite(r.get("detectable", np.nan)):
@@ -166,10 +170,10 @@ def claim_row(paper: str, # the family: "MedGen", "Ophora" or "Bora"
               test: dict | None = None, # `paired_difference` or `bootstrap_distance_difference` output; None: not tested
               unit: str = "prompts", # what `n` counts (the independent unit)
               paper_effect: float = float("nan"), # the published difference in the same units, where the paper gives one
-              untestable: str = "", # why the claim cannot be tested here (then `test` is None)
+              untestable: str = "", # why the claim cannot be tested here; a test given beside it is shown, never judged
               **extra) -> dict:
     "One claim as the stages write it: the family, where and what, and the test's numbers (NaN where none ran)."
-    if (test is None) == (not untestable): raise ValueError("give a test, or say why there is none (untestable)")
+    if test is None and not untestable: raise ValueError("give a test, or say why there is none (untestable)")
     t = test or {}
     nan = float("nan")
     return dict(family=paper, table=table, claim=claim, better=better, unit=t.get("unit", unit), paper_effect=paper_effect,
