@@ -10,8 +10,7 @@ import numpy as np
 import pandas as pd
 
 # %% auto #0
-__all__ = ['pocus_folds', 'class_prompts', 'pooled_features', 'fit_head', 'predict_clips', 'classification_scores',
-           'corrected_ttest']
+__all__ = ['pocus_folds', 'class_prompts', 'pooled_features', 'fit_head', 'predict_clips', 'classification_scores']
 
 # %% ../../nbs/60_downstream.ipynb #fadf6ec1
 def pocus_folds(clips: pd.DataFrame, # one row per clip: label, patient group, and whether the generators saw the patient
@@ -91,16 +90,3 @@ def classification_scores(y_true, y_pred, labels: list[str]) -> dict: # accuracy
     from sklearn.metrics import accuracy_score, precision_recall_fscore_support
     p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, average="macro", zero_division=0)
     return dict(acc=100 * accuracy_score(y_true, y_pred), precision=100 * p, recall=100 * r, f1=100 * f)
-
-# %% ../../nbs/60_downstream.ipynb #dadb2f97
-def corrected_ttest(a, b, # paired scores (one per fold) of two conditions
-                    n_train: float, n_test: float, # mean numbers of training and test clips per fold
-                   ) -> dict: # mean difference a - b, t, two-sided p
-    "Nadeau & Bengio's (2003) corrected resampled t-test of a - b over cross-validation folds."
-    from scipy.stats import t as student
-    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    if len(d) < 2: raise ValueError("need at least 2 folds")
-    var = d.var(ddof=1) * (1 / len(d) + n_test / n_train)
-    if var == 0: return dict(difference=float(d.mean()), t=float("inf") if d.mean() else 0.0, p=0.0 if d.mean() else 1.0)
-    t = d.mean() / np.sqrt(var)
-    return dict(difference=float(d.mean()), t=float(t), p=float(2 * student.sf(abs(t), len(d) - 1)))

@@ -8,21 +8,21 @@ Docs: https://github.com/medgen-compendium/medgen/paper_figures.html.md"""
 from __future__ import annotations
 import pandas as pd
 
+from ..evaluate.verdicts import DESCRIPTIVE, STATUSES as CLAIM_STATUSES, claim_line, judge_claims
+
 # %% auto #0
-__all__ = ['STATUSES', 'status_of', 'index_markdown']
+__all__ = ['STATUSES', 'claims_index', 'index_markdown']
 
 # %% ../../nbs/63_paper_figures.ipynb #bec0e041
-STATUSES = ("reproduced", "same direction, not significant", "not reproduced", "not testable here", "rebuilt")
+STATUSES = (*CLAIM_STATUSES, DESCRIPTIVE)
 
-def status_of(verdict: str | None, # a verdict of `paired_claim`, `interval_claim` or the downstream tests; None: no test ran
-             ) -> str:
-    "The index's status for a test's verdict."
-    if verdict is None: return "not testable here"
-    v = verdict.lower()
-    if v == "holds": return "reproduced"
-    if v.startswith("same direction"): return "same direction, not significant"
-    if v == "does not hold": return "not reproduced"
-    raise ValueError(f"unknown verdict {verdict!r}")
+def claims_index(claims: list[dict], # every stage's `claim_row`s (with `stage` and `file`), all papers
+                 alpha: float = 0.05, power: float = 0.8) -> list[dict]:
+    "Index rows (file, paper, stage, claim, status, numbers) for every claim, judged together per paper."
+    if not claims: return []
+    judged = judge_claims(pd.DataFrame(claims), alpha, power)
+    return [dict(file=r["file"], paper=r["table"], stage=r["stage"], claim=r["claim"], status=r["status"], numbers=claim_line(r))
+            for r in judged.to_dict("records")]
 
 def index_markdown(rows: list[dict], # file, paper, stage, claim, status, numbers
                    profile: str) -> str:

@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ..evaluate.verdicts import paired_difference
+
 # %% auto #0
 __all__ = ['dimension_tests']
 
@@ -19,8 +21,8 @@ def dimension_tests(scores: pd.DataFrame, # per-video scores: video, variant, di
                     dimensions: list[str], # the dimensions to test, in table order
                     alpha: float = 0.05,
                     pair_by=lambda video: video.split("/", 1)[1], # the prompt a video id answers (videos are VARIANT/PROMPT_ID)
-                   ) -> pd.DataFrame: # dimension, before, after, difference, p (paired), p_welch, n, significant
-    "Per dimension: the two variants' means, a paired two-tailed t-test over shared prompts, Welch's test beside it."
+                   ) -> pd.DataFrame: # dimension, before, after, difference (+ low, high, se, df, sd), p (paired), p_welch, n, significant (raw p)
+    "Per dimension: the two variants' means, a paired two-tailed t-test over shared prompts with its interval (`paired_difference`), Welch's test beside it."
     rows = []
     for dim in dimensions:
         d = scores[(scores.dimension == dim) & scores.variant.isin([before, after])]
@@ -29,9 +31,9 @@ def dimension_tests(scores: pd.DataFrame, # per-video scores: video, variant, di
         if before not in w or after not in w: raise ValueError(f"{dim!r}: scores of one variant are missing ({sorted(w.columns)})")
         w = w[[before, after]].dropna()
         if len(w) < 2: raise ValueError(f"{dim!r}: fewer than 2 prompts scored by both")
-        diff = w[after] - w[before]
-        p = float(stats.ttest_rel(w[after], w[before]).pvalue) if diff.std() > 0 else (0.0 if diff.mean() else 1.0)
-        p_welch = float(stats.ttest_ind(w[after], w[before], equal_var=False).pvalue) if w.std().sum() > 0 else (0.0 if diff.mean() else 1.0)
-        rows.append(dict(dimension=dim, before=float(w[before].mean()), after=float(w[after].mean()), difference=float(diff.mean()),
-                         p=p, p_welch=p_welch, n=len(w), significant=bool(p < alpha)))
+        t = paired_difference((w[after] - w[before]).to_numpy())
+        p_welch = float(stats.ttest_ind(w[after], w[before], equal_var=False).pvalue) if w.std().sum() > 0 else (0.0 if t["estimate"] else 1.0)
+        rows.append(dict(dimension=dim, before=float(w[before].mean()), after=float(w[after].mean()), difference=t["estimate"],
+                         low=t["low"], high=t["high"], se=t["se"], df=t["df"], sd=t["sd"], p=t["p"], p_welch=p_welch, n=t["n"],
+                         significant=bool(t["p"] < alpha)))
     return pd.DataFrame(rows)

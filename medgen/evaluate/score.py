@@ -16,8 +16,7 @@ from .vbench import (consecutive_flows, consistency, dynamic_degree, hog_feature
                                     temporal_flickering, video_text_similarity, warping_error, clip_score)
 
 # %% auto #0
-__all__ = ['EMBEDDED_BACKENDS', 'PAPER_BACKENDS', 'MEDVBENCH', 'score_video', 'timed_scores', 'score_videos', 'medvbench_table',
-           'paired_claim', 'interval_claim']
+__all__ = ['EMBEDDED_BACKENDS', 'PAPER_BACKENDS', 'MEDVBENCH', 'score_video', 'timed_scores', 'score_videos', 'medvbench_table']
 
 # %% ../../nbs/54_score.ipynb #f17c3d33
 EMBEDDED_BACKENDS = {
@@ -107,24 +106,3 @@ def medvbench_table(long: pd.DataFrame, # score_videos' table
     out.insert(0, "total", [med_vbench_total(*r) for r in out[MEDVBENCH].itertuples(index=False)])
     out["videos"] = d.groupby("variant").video.nunique()
     return out.reset_index()
-
-# %% ../../nbs/54_score.ipynb #6f45eca6
-def paired_claim(variant: pd.Series, base: pd.Series, # per-prompt scores, indexed by prompt id
-                 better: str = "higher", alpha: float = 0.05) -> dict:
-    "Verdict on 'the variant is better than the base' from scores paired by prompt."
-    from scipy.stats import ttest_rel
-    if better not in ("higher", "lower"): raise ValueError(f"better: higher | lower, got {better!r}")
-    both = pd.concat([variant.rename("v"), base.rename("b")], axis=1, join="inner").dropna()
-    if len(both) < 2: raise ValueError(f"need at least 2 prompts scored by both, got {len(both)}")
-    diff = float(both.v.mean() - both.b.mean())
-    p = float(ttest_rel(both.v, both.b).pvalue) if (both.v - both.b).std() > 0 else (0.0 if diff else 1.0)
-    right = diff > 0 if better == "higher" else diff < 0
-    verdict = "holds" if right and p < alpha else ("same direction, not significant" if right else "does not hold")
-    return dict(variant=float(both.v.mean()), base=float(both.b.mean()), difference=diff, p=p, prompts=len(both), verdict=verdict)
-
-def interval_claim(variant: dict, base: dict, better: str = "lower") -> dict:
-    "Verdict from two `bootstrap_frechet` results: the claimed direction, and intervals that do not overlap."
-    right = variant["value"] < base["value"] if better == "lower" else variant["value"] > base["value"]
-    apart = variant["high"] < base["low"] if better == "lower" else variant["low"] > base["high"]
-    verdict = "holds" if right and apart else ("same direction, within the bootstrap intervals" if right else "does not hold")
-    return dict(variant=variant["value"], base=base["value"], difference=variant["value"] - base["value"], verdict=verdict)

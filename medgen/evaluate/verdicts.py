@@ -159,8 +159,9 @@ def bootstrap_distance_difference(distance, # f(x, y) -> float, e.g. `frechet_di
     diffs = np.asarray(diffs)
     low, high = np.percentile(diffs, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
     p = min(1.0, 2 * min((np.sum(diffs <= 0) + 1) / (n_boot + 1), (np.sum(diffs >= 0) + 1) / (n_boot + 1)))
-    return dict(estimate=float(estimate), low=float(low), high=float(high), p=float(p), n=int(len(prompts)),
-                n_real=int(len(clips)), n_boot=n_boot, sd=float(diffs.std(ddof=1)), unit="prompts (paired) x real clips")
+    se = float(diffs.std(ddof=1))  # the bootstrap's standard error; sd: the per-prompt spread it implies (for units_to_detect)
+    return dict(estimate=float(estimate), low=float(low), high=float(high), p=float(p), n=int(len(prompts)), n_real=int(len(clips)),
+                n_boot=n_boot, se=se, df=int(len(prompts)) - 1, sd=se * math.sqrt(len(prompts)), unit="prompts (paired) x real clips")
 
 # %% ../../nbs/56_verdicts.ipynb #9ad922b2
 def claim_row(paper: str, # the family: "MedGen", "Ophora" or "Bora"
