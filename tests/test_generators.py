@@ -54,6 +54,7 @@ def _upstream(dest: Path, corpus: Path):
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, corpus):
     dest = tmp_path_factory.mktemp("gen") / "medgen"
+    (dest.parent / "shared").symlink_to(ROOT.parent / "shared")  # where data_reference.dvc's import says it came from
     shutil.copytree(ROOT, dest, ignore=lambda d, names: [n for n in names if n in SKIP and not (Path(d) == ROOT / "nbs")])
     _run(["git", "init", "-q"], dest)
     _upstream(dest, corpus)
@@ -124,7 +125,7 @@ def test_generator_stages_through_dvc(repo):
 
 def test_every_variant_generated_and_evaluated(repo):
     "The rest of the chain: the second backbone and every recipe, generate (every variant, fixed seeds) and evaluate."
-    stages = ["base@second", "latents@second", "train@full", "train@ophora", "train@second_lora", "domain_clip", "generate", "evaluate"]
+    stages = ["base@second", "latents@second", "train@full", "train@ophora", "train@second_lora", "domain_clip", "domain_clip_eval", "generate", "evaluate"]
     for stage in ["base@main", "latents@main", "train@medgen_lora", "train@bora"] + stages:  # the first four are done when the test above ran
         _run(["dvc", "repro", "--single-item", stage], repo)
     index = pd.read_parquet(repo / "artifacts" / "generate" / "index.parquet")
@@ -139,7 +140,21 @@ def test_every_variant_generated_and_evaluated(repo):
         table = pd.read_csv(repo / "paper_figures" / f"{name}.csv")
         assert table.source.str.contains("published").any() and table.source.str.startswith("this compendium").any(), name
     claims = (repo / "paper_figures" / "evaluate_claims.md").read_text()
-    assert claims.count("**") == 8 and "MedGen" in claims and "Bora" in claims
+    assert claims.count("**") == 12 and "MedGen Table 2" in claims and "Bora Table 2" in claims  # six claims, each with its status
+    assert "BmU needs a captioner that names anatomy" in claims and "Holm" in claims
+    metrics = json.loads((repo / "artifacts" / "evaluate" / "metrics.json").read_text())
+    gates = pd.read_parquet(repo / "artifacts" / "evaluate" / "gates.parquet")
+    assert sorted(gates.variant) == sorted(index.variant.unique()) and (gates.gate_videos == 2 * 3).all()  # 2 prompts x 3 seeds
+    assert (gates.passes == (gates.reason == "")).all()
+    for c in metrics["claims"]:  # a failed gate is the claim's reason; a claim with a reason is never judged
+        variant = {"MedGen Table 2": "medgen_lora", "Ophora Table 1": "ophora"}.get(c["table"])
+        if variant: assert c["untestable"] == gates.set_index("variant").reason[variant], c
+    # the evaluation's feature model never saw a held-out source; curation's did (so the check can fail)
+    held = set(pd.read_parquet(repo / "artifacts" / "split" / "split.parquet").query("split == 'held_out'").group)
+    evaluation = set(pd.read_parquet(repo / "artifacts" / "domain_clip_eval" / "training_videos.parquet").video_id)
+    curation = set(pd.read_parquet(repo / "artifacts" / "domain_clip" / "training_videos.parquet").video_id)
+    assert held and not held & evaluation and held <= curation and evaluation == curation - held
+    assert metrics["feature_model"]["path"] == "artifacts/domain_clip_eval/model"
 
     # background consistency with the pipeline's domain CLIP: a real clip beats its frame-shuffled copy
     import numpy as np
