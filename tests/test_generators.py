@@ -250,3 +250,30 @@ def test_applications_and_the_rating_kit(repo):
     assert fig6.set_index("variant").loc[chosen, "text_alignment"] > 0 and "warping_error" in fig6
     audit = pd.read_csv(repo / "paper_figures" / "medgen_curation_audit.csv")
     assert audit.set_index("stage").loc["filter_border", "usable"] == 0  # both raters: noisy
+
+
+def test_verdicts_are_stable_under_a_float_level_perturbation(repo):
+    """The recipes retrained, their videos regenerated and re-evaluated as on an older CPU (MKL and oneDNN capped at SSE4:
+    other kernels, other float rounding; torch's thread count alone changes nothing at this size, measured): the scores
+    move, and no claim moves between a decided status (reproduced, contradicted) and another; a claim may only move
+    between inconclusive and not testable here."""
+    from medgen.evaluate.verdicts import judge_claims
+    def statuses():
+        m = json.loads((repo / "artifacts" / "evaluate" / "metrics.json").read_text())
+        judged = judge_claims(pd.DataFrame(m["claims"]))
+        return dict(zip(judged.table + ": " + judged.claim, judged.status))
+    stages = ["train@medgen_lora", "train@ophora", "train@bora", "train@second_lora", "generate", "evaluate"]
+    for stage in stages: _run(["dvc", "repro", "--single-item", stage], repo)  # (done by the tests above when run in order)
+    before, scores_before = statuses(), sha256_file(repo / "artifacts" / "evaluate" / "scores.parquet")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
+           "MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "ONEDNN_MAX_CPU_ISA": "SSE41"}
+    env.pop("MPLBACKEND", None)
+    for stage in stages:
+        r = subprocess.run(["dvc", "repro", "--force", "--single-item", stage], cwd=repo, env=env, capture_output=True, text=True, timeout=1200)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    after = statuses()
+    assert sha256_file(repo / "artifacts" / "evaluate" / "scores.parquet") != scores_before  # the perturbation reached the scores
+    assert before.keys() == after.keys()
+    undecided = {"inconclusive", "not testable here"}
+    moved = {k: (before[k], after[k]) for k in before if before[k] != after[k]}
+    assert all(set(pair) <= undecided for pair in moved.values()), moved
