@@ -22,8 +22,9 @@ def answers(p_real: np.ndarray, sure: float = 0.6) -> np.ndarray:
 
 def out_of_fold_p_real(real: np.ndarray, # real clip features (n_r, d)
                        real_groups: np.ndarray, # the real clip each row comes from (windows of one clip share a group)
-                       generated: np.ndarray, # one variant's generated video features (n_g, d)
+                       generated: np.ndarray, # generated video features (n_g, d): one variant's, or every variant's for one judge of all
                        folds: int = 4, seed: int = 0, C: float = 1.0,
+                       generated_groups: np.ndarray | None = None, # e.g. each video's prompt: all variants' videos of a prompt in one fold (None: each its own)
                       ) -> tuple[np.ndarray, np.ndarray]: # out-of-fold P(real) of the real rows, and of the generated ones
     "The judge's out-of-fold P(real) for every real row and every generated video (grouped folds: a clip is never both trained on and judged)."
     from sklearn.linear_model import LogisticRegression
@@ -31,9 +32,10 @@ def out_of_fold_p_real(real: np.ndarray, # real clip features (n_r, d)
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
     real, generated = np.asarray(real, dtype=float), np.asarray(generated, dtype=float)
-    groups = np.concatenate([np.asarray(real_groups).astype(str), [f"generated:{i}" for i in range(len(generated))]])
+    gen_groups = [f"generated:{i}" for i in range(len(generated))] if generated_groups is None else [f"generated:{g}" for g in generated_groups]
+    groups = np.concatenate([np.asarray(real_groups).astype(str), gen_groups])
     n_groups_real = len(np.unique(groups[:len(real)]))
-    k = min(folds, n_groups_real, len(generated))
+    k = min(folds, n_groups_real, len(set(gen_groups)))
     if k < 2: raise ValueError(f"the judge needs at least 2 real clips and 2 generated videos (got {n_groups_real} and {len(generated)})")
     x, y = np.concatenate([real, generated]), np.r_[np.ones(len(real)), np.zeros(len(generated))]
     p = np.full(len(x), np.nan)

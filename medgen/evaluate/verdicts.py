@@ -44,7 +44,7 @@ def paired_difference(differences: Sequence[float], # one value per independent 
     if n < 2: raise ValueError(f"a paired test needs at least 2 units, got {n}")
     mean, sd = float(d.mean()), float(d.std(ddof=1))
     se, df = sd * math.sqrt(1 / n + variance_ratio), n - 1
-    if se == 0: p, half = (0.0 if mean != 0 else 1.0), 0.0
+    if se == 0: p, half = (min(1.0, 2.0 ** (1 - n)) if mean != 0 else 1.0), 0.0  # every unit equal: the exact sign-flip p, never 0
     else: p, half = float(2 * stats.t.sf(abs(mean) / se, df)), float(stats.t.ppf(1 - alpha / 2, df) * se)
     return dict(estimate=mean, low=mean - half, high=mean + half, p=p, n=n, sd=sd, se=se, df=df, variance_ratio=variance_ratio)
 
@@ -92,7 +92,9 @@ CLAIM_COLUMNS = ["family", "claim", "better", "estimate", "low", "high", "p", "n
 
 def judge_claims(claims: pd.DataFrame, # one row per claim, CLAIM_COLUMNS (paper_effect, sd, variance_ratio, untestable optional)
                  alpha: float = 0.05, power: float = 0.8) -> pd.DataFrame:
-    "The claims with `p_holm`, `status`, `detectable` (the effect this design detects at `power`) and `units_for_paper_effect`."
+    """The claims with `p_holm`, `status`, `detectable` (the effect this design detects at `power` at the family's first
+    Holm step, alpha / m) and `units_for_paper_effect` (the same, for the paper's published effect)."""
+    if claims.empty: return claims.assign(p_holm=[], status=[], detectable=[], units_for_paper_effect=[], power=[])
     c = claims.copy()
     for col, default in [("paper_effect", np.nan), ("sd", np.nan), ("variance_ratio", 0.0), ("untestable", "")]:
         if col not in c: c[col] = default
@@ -103,10 +105,14 @@ def judge_claims(claims: pd.DataFrame, # one row per claim, CLAIM_COLUMNS (paper
         c.loc[idx, "p_holm"] = holm(c.loc[idx, "p"].to_numpy(float))
     c["status"] = [status_of(e, q, b, alpha) if ok else "not testable here"
                    for e, q, b, ok in zip(c.estimate, c.p_holm, c.better, testable)]
-    c["detectable"] = [detectable_effect(se, df, alpha, power) if ok and np.isfinite(se) and df >= 1 else np.nan
-                       for se, df, ok in zip(c.se, c.df, testable)]
-    c["units_for_paper_effect"] = [units_to_detect(e, sd, alpha, power, vr) if ok and np.isfinite(e) and np.isfinite(sd) else None
-                                   for e, sd, vr, ok in zip(c.paper_effect, c.sd, c.variance_ratio.fillna(0.0), testable)]
+    # what the design detects at the family's first Holm step (alpha / m, the strictest): the per-test alpha would overstate it
+    c["alpha_first_step"] = alpha / c[testable].groupby("family").family.transform("size").reindex(c.index)
+    c["detectable"] = [detectable_effect(se, df, a, power) if ok and np.isfinite(se) and df >= 1 else np.nan
+                       for se, df, a, ok in zip(c.se, c.df, c.alpha_first_step, testable)]
+    c["units_for_paper_effect"] = pd.Series([units_to_detect(e, sd, a, power, vr) if ok and np.isfinite(e) and np.isfinite(sd) else None
+                                             for e, sd, a, vr, ok in zip(c.paper_effect, c.sd, c.alpha_first_step, c.variance_ratio.fillna(0.0), testable)],
+                                            index=c.index, dtype=object)
+    c["power"] = power
     return c
 
 # %% ../../nbs/56_verdicts.ipynb #071f6539
@@ -122,14 +128,16 @@ def claim_line(row: dict | pd.Series, # a row of `judge_claims`
         return str(r.get("untestable") or "not tested") + (
             f" (measured all the same, not judged: {_signed(r['estimate'], digits)}, 95 % CI {_signed(r['low'], digits)} to "
             f"{_signed(r['high'], digits)}, p = {r['p']:.3g}, n = {int(r['n'])} {r['unit']})" if measured else "")
-    s = (f"{_signed(r['estimate'], digits)} (95 % CI {_signed(r['low'], digits)} to {_signed(r['high'], digits)}), "
+    s = (f"{_signed(r['estimate'], digits)} (95 % CI, unadjusted: {_signed(r['low'], digits)} to {_signed(r['high'], digits)}), "
          f"p = {r['p']:.3g}, Holm p = {r['p_holm']:.3g}, n = {int(r['n'])} {r['unit']}")
     if r["status"] == "inconclusive" and np.isfinite(r.get("detectable", np.nan)):
-        s += f"; detectable at 80 % power: \u00b1{r['detectable']:.{digits}f}"
+        s += f"; detectable at {round(100 * r.get('power', 0.8))} % power: \u00b1{r['detectable']:.{digits}f}"
         need = r.get("units_for_paper_effect")
         if np.isfinite(r.get("paper_effect", np.nan)):
-            s += (f"; the paper's {_signed(r['paper_effect'], digits)} would need {int(need)} {r['unit']}" if need
+            reach = need is not None and np.isfinite(need)
+            s += (f"; the paper's {_signed(r['paper_effect'], digits)} would need {int(need)} {r['unit']}" if reach
                   else f"; the paper's {_signed(r['paper_effect'], digits)} is beyond this design's reach")
+    if isinstance(r.get("note"), str) and r["note"]: s += f" ({r['note']})"
     return s
 
 # %% ../../nbs/56_verdicts.ipynb #f699568e
@@ -161,7 +169,8 @@ def bootstrap_distance_difference(distance, # f(x, y) -> float, e.g. `frechet_di
     p = min(1.0, 2 * min((np.sum(diffs <= 0) + 1) / (n_boot + 1), (np.sum(diffs >= 0) + 1) / (n_boot + 1)))
     se = float(diffs.std(ddof=1))  # the bootstrap's standard error; sd: the per-prompt spread it implies (for units_to_detect)
     return dict(estimate=float(estimate), low=float(low), high=float(high), p=float(p), n=int(len(prompts)), n_real=int(len(clips)),
-                n_boot=n_boot, se=se, df=int(len(prompts)) - 1, sd=se * math.sqrt(len(prompts)), unit="prompts (paired) x real clips")
+                n_boot=n_boot, se=se, df=int(len(prompts)) - 1, sd=se * math.sqrt(len(prompts)),
+                unit=f"prompts (paired) x {len(clips)} real clips")
 
 # %% ../../nbs/56_verdicts.ipynb #9ad922b2
 def claim_row(paper: str, # the family: "MedGen", "Ophora" or "Bora"
