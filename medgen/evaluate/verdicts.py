@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 
 # %% auto #0
-__all__ = ['STATUSES', 'DESCRIPTIVE', 'CLAIM_COLUMNS', 'holm', 'paired_difference', 'detectable_effect', 'units_to_detect',
-           'status_of', 'judge_claims', 'claim_line', 'bootstrap_distance_difference', 'claim_row']
+__all__ = ['STATUSES', 'DESCRIPTIVE', 'CLAIM_COLUMNS', 'holm', 'paired_difference', 'replicated_difference', 'detectable_effect',
+           'units_to_detect', 'status_of', 'judge_claims', 'claim_line', 'bootstrap_distance_difference', 'claim_row']
 
 # %% ../../nbs/56_verdicts.ipynb #01feeaf3
 STATUSES = ("reproduced", "contradicted", "inconclusive", "not testable here")
@@ -47,6 +47,47 @@ def paired_difference(differences: Sequence[float], # one value per independent 
     if se == 0: p, half = (min(1.0, 2.0 ** (1 - n)) if mean != 0 else 1.0), 0.0  # every unit equal: the exact sign-flip p, never 0
     else: p, half = float(2 * stats.t.sf(abs(mean) / se, df)), float(stats.t.ppf(1 - alpha / 2, df) * se)
     return dict(estimate=mean, low=mean - half, high=mean + half, p=p, n=n, sd=sd, se=se, df=df, variance_ratio=variance_ratio)
+
+# %% ../../nbs/56_verdicts.ipynb #279356cf
+def replicated_difference(differences, # seeds x units: d[s, u], the seed-s variant minus the comparison on unit u (NaN: not measured)
+                          alpha: float = 0.05, # the interval is (1 - alpha)
+                          variance_ratio: float = 0.0, # as in `paired_difference`: n_test / n_train for folds of a resampled CV
+                          unit: str = "prompts", # what a unit is, for the row's `unit`
+                         ) -> dict:
+    """The mean difference over training seeds and units with its (1 - alpha) interval and two-sided p from the crossed
+    random-effects variance (Satterthwaite df), each seed's own estimate and the share of seeds that agree in sign."""
+    from scipy import stats
+    d = np.atleast_2d(np.asarray(differences, float))
+    d = d[:, ~np.isnan(d).any(0)]  # a unit some seed lacks is left out for all: the design stays crossed
+    S, U = d.shape
+    per_seed = d.mean(1)
+    if S == 1:
+        t = paired_difference(d[0], alpha, variance_ratio)
+        t.update(unit=f"{unit} (one training seed)")
+    else:
+        if U < 2: raise ValueError(f"a replicated test needs at least 2 units, got {U}")
+        mean = float(d.mean())
+        ms_seed = U * per_seed.var(ddof=1)  # E = s2_e + U s2_a
+        ms_unit = S * d.mean(0).var(ddof=1)  # E = s2_e + S s2_b
+        resid = d - per_seed[:, None] - d.mean(0)[None, :] + mean
+        ms_err = float((resid ** 2).sum() / ((S - 1) * (U - 1)))  # E = s2_e
+        k = 1 / U + variance_ratio  # the unit side's multiplier (1 / U for independent units)
+        terms = [(k / S, ms_err, (S - 1) * (U - 1))]  # Var = sum of coefficient x mean square
+        if ms_seed > ms_err: terms += [(1 / (S * U), ms_seed, S - 1), (-1 / (S * U), ms_err, (S - 1) * (U - 1))]
+        if ms_unit > ms_err: terms += [(k / S, ms_unit, U - 1), (-k / S, ms_err, (S - 1) * (U - 1))]
+        var = sum(c * m for c, m, _ in terms)
+        se = math.sqrt(max(var, 0.0))
+        parts = sum((c * m) ** 2 / f for c, m, f in terms if f > 0)
+        df = float(max(1.0, var ** 2 / parts)) if parts > 0 else float((S - 1) * (U - 1))
+        if se == 0: p, half = (min(1.0, 2.0 ** (1 - S * U)) if mean != 0 else 1.0), 0.0  # every cell equal: the sign-flip bound
+        else: p, half = float(2 * stats.t.sf(abs(mean) / se, df)), float(stats.t.ppf(1 - alpha / 2, df) * se)
+        t = dict(estimate=mean, low=mean - half, high=mean + half, p=p, n=U, se=se, df=df, variance_ratio=variance_ratio,
+                 sd=se / math.sqrt(k),  # the per-unit spread this se implies (what `units_to_detect` scales)
+                 unit=f"{unit} x {S} training seeds (crossed)")
+    agree = float(np.mean(np.sign(per_seed) == np.sign(t["estimate"]))) if t["estimate"] != 0 else float("nan")
+    return {**t, "seeds": S, "seed_estimates": [float(x) for x in per_seed], "seed_sd": float(per_seed.std(ddof=1)) if S > 1 else float("nan"),
+            "seed_agreement": agree}
+
 
 # %% ../../nbs/56_verdicts.ipynb #3733316b
 def detectable_effect(se: float, # the test's standard error
@@ -130,6 +171,10 @@ def claim_line(row: dict | pd.Series, # a row of `judge_claims`
             f"{_signed(r['high'], digits)}, p = {r['p']:.3g}, n = {int(r['n'])} {r['unit']})" if measured else "")
     s = (f"{_signed(r['estimate'], digits)} (95 % CI, unadjusted: {_signed(r['low'], digits)} to {_signed(r['high'], digits)}), "
          f"p = {r['p']:.3g}, Holm p = {r['p_holm']:.3g}, n = {int(r['n'])} {r['unit']}")
+    seeds = [x for x in (r.get("seed_estimates") if isinstance(r.get("seed_estimates"), (list, tuple, np.ndarray)) else [])]
+    if len(seeds) > 1:  # the recipe retrained: each seed's own difference and how many agree with the pooled sign
+        s += (f"; per training seed: {', '.join(_signed(x, digits) for x in seeds)} "
+              f"({round(r['seed_agreement'] * len(seeds))} of {len(seeds)} agree in sign)")
     if r["status"] == "inconclusive" and np.isfinite(r.get("detectable", np.nan)):
         s += f"; detectable at {round(100 * r.get('power', 0.8))} % power: \u00b1{r['detectable']:.{digits}f}"
         need = r.get("units_for_paper_effect")
@@ -150,34 +195,47 @@ def bootstrap_distance_difference(distance, # f(x, y) -> float, e.g. `frechet_di
                                   variant: np.ndarray, variant_units: Sequence, # the variant's feature rows, and each row's prompt
                                   base: np.ndarray, base_units: Sequence, # the base's, on the same prompts
                                   real: np.ndarray, real_units: Sequence, # the real rows, and each row's clip
-                                  n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
-    "distance(variant, real) - distance(base, real) with a prompt-paired, clip-grouped bootstrap interval and two-sided p."
+                                  n_boot: int = 1000, seed: int = 0, level: float = 0.95,
+                                  variant_seeds: Sequence | None = None, # each variant row's training seed: seeds are resampled too
+                                 ) -> dict:
+    """distance(variant, real) - distance(base, real) with a prompt-paired, clip-grouped (and, given `variant_seeds`,
+    seed-grouped) bootstrap interval and two-sided p; each training seed's own estimate and their agreement in sign."""
     variant_units, base_units, real_units = (np.asarray(u).astype(str) for u in (variant_units, base_units, real_units))
+    variant_seeds = np.zeros(len(variant_units), int).astype(str) if variant_seeds is None else np.asarray(variant_seeds).astype(str)
     prompts = np.intersect1d(variant_units, base_units)
     if len(prompts) < 2 or len(np.unique(real_units)) < 2:
         raise ValueError(f"need >= 2 shared prompts and >= 2 real clips, got {len(prompts)} and {len(np.unique(real_units))}")
     keep_v, keep_b = np.isin(variant_units, prompts), np.isin(base_units, prompts)
-    variant, variant_units, base, base_units = variant[keep_v], variant_units[keep_v], base[keep_b], base_units[keep_b]
-    estimate = distance(variant, real) - distance(base, real)
+    variant, variant_units, variant_seeds = variant[keep_v], variant_units[keep_v], variant_seeds[keep_v]
+    base, base_units = base[keep_b], base_units[keep_b]
+    cells, seeds = np.char.add(np.char.add(variant_seeds, "|"), variant_units), np.unique(variant_seeds)  # a (seed, prompt) cell's rows
+    base_distance = distance(base, real)
+    estimate = distance(variant, real) - base_distance
+    per_seed = [distance(variant[variant_seeds == s], real) - base_distance for s in seeds]
     rng, clips, diffs = np.random.default_rng(seed), np.unique(real_units), []
     for _ in range(n_boot):
         p, c = rng.choice(prompts, len(prompts)), rng.choice(clips, len(clips))
+        s = rng.choice(seeds, len(seeds)) if len(seeds) > 1 else seeds  # crossed: seeds and prompts drawn independently
         r = real[_rows_of(real_units, c)]
-        diffs.append(distance(variant[_rows_of(variant_units, p)], r) - distance(base[_rows_of(base_units, p)], r))
+        picked = [f"{a}|{b}" for a in s for b in p]
+        diffs.append(distance(variant[_rows_of(cells, picked)], r) - distance(base[_rows_of(base_units, p)], r))
     diffs = np.asarray(diffs)
     low, high = np.percentile(diffs, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
     p = min(1.0, 2 * min((np.sum(diffs <= 0) + 1) / (n_boot + 1), (np.sum(diffs >= 0) + 1) / (n_boot + 1)))
     se = float(diffs.std(ddof=1))  # the bootstrap's standard error; sd: the per-prompt spread it implies (for units_to_detect)
+    agree = float(np.mean(np.sign(per_seed) == np.sign(estimate))) if estimate != 0 else float("nan")
     return dict(estimate=float(estimate), low=float(low), high=float(high), p=float(p), n=int(len(prompts)), n_real=int(len(clips)),
                 n_boot=n_boot, se=se, df=int(len(prompts)) - 1, sd=se * math.sqrt(len(prompts)),
-                unit=f"prompts (paired) x {len(clips)} real clips")
+                unit=f"prompts (paired){f' x {len(seeds)} training seeds' if len(seeds) > 1 else ''} x {len(clips)} real clips",
+                seeds=int(len(seeds)), seed_estimates=[float(x) for x in per_seed],
+                seed_sd=float(np.std(per_seed, ddof=1)) if len(seeds) > 1 else float("nan"), seed_agreement=agree)
 
 # %% ../../nbs/56_verdicts.ipynb #9ad922b2
 def claim_row(paper: str, # the family: "MedGen", "Ophora" or "Bora"
               table: str, # where the paper makes the claim ("MedGen Table 3")
               claim: str, # the claim in words, its direction included
               better: str, # "higher" or "lower": the paper's direction for `estimate`
-              test: dict | None = None, # `paired_difference` or `bootstrap_distance_difference` output; None: not tested
+              test: dict | None = None, # `replicated_difference`, `paired_difference` or `bootstrap_distance_difference` output; None: not tested
               unit: str = "prompts", # what `n` counts (the independent unit)
               paper_effect: float = float("nan"), # the published difference in the same units, where the paper gives one
               untestable: str = "", # why the claim cannot be tested here; a test given beside it is shown, never judged
@@ -188,4 +246,5 @@ def claim_row(paper: str, # the family: "MedGen", "Ophora" or "Bora"
     nan = float("nan")
     return dict(family=paper, table=table, claim=claim, better=better, unit=t.get("unit", unit), paper_effect=paper_effect,
                 untestable=untestable, **{k: t.get(k, nan) for k in ("estimate", "low", "high", "p", "se", "df", "sd")},
-                n=int(t.get("n", 0)), variance_ratio=t.get("variance_ratio", 0.0), **extra)
+                n=int(t.get("n", 0)), variance_ratio=t.get("variance_ratio", 0.0), seeds=int(t.get("seeds", 1)),
+                seed_estimates=list(t.get("seed_estimates", [])), seed_agreement=t.get("seed_agreement", nan), **extra)
