@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 # %% auto #0
-__all__ = ['REALISM_BACKEND', 'answers', 'out_of_fold_p_real', 'realism_judgements']
+__all__ = ['REALISM_BACKEND', 'answers', 'out_of_fold_p_real']
 
 # %% ../../nbs/52_realism.ipynb #5d977a3a
 REALISM_BACKEND = "realism-judge(logreg on domain-CLIP clip features, grouped CV)"
@@ -43,13 +43,4 @@ def out_of_fold_p_real(real: np.ndarray, # real clip features (n_r, d)
         model = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000)).fit(x[train], y[train])
         p[test] = model.predict_proba(x[test])[:, 1]
     return p[:len(real)], p[len(real):]
-
-def realism_judgements(real: np.ndarray, # real clip features (n_r, d)
-                       real_groups: np.ndarray, # the real clip each row comes from (windows of one clip share a group)
-                       generated: np.ndarray, # one variant's generated video features (n_g, d)
-                       folds: int = 4, seed: int = 0, C: float = 1.0, sure: float = 0.6,
-                      ) -> pd.DataFrame: # one row per generated video: p_real (out of fold), answer
-    "Out-of-fold P(real) and the judge's answer for every generated video."
-    _, pg = out_of_fold_p_real(real, real_groups, generated, folds, seed, C)
-    return pd.DataFrame(dict(p_real=pg, answer=answers(pg, sure)))
 
