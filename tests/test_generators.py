@@ -91,6 +91,13 @@ def test_generator_stages_through_dvc(repo):
     m = json.loads((lora / "metrics.json").read_text())
     assert m["runs"][0]["steps"] == 6 and set(m["heldout_loss"]) == {"held_out", "train"}
     assert list((lora / "validation" / "lora" / "step-000006").glob("*.mp4")) and len(pd.read_csv(lora / "logs" / "lora.csv")) == 6
+    # the second training seed (train.common.seeds = 2): its own weights in the same layout, and its held-out loss in the metrics
+    seed1 = lora / "replicates" / "seed_1" / "variant"
+    adapter = lambda v: sha256_file(v / "adapter" / "pytorch_lora_weights.safetensors")
+    assert json.loads((seed1 / "variant.json").read_text())["training_seed"] == 1 and m["seeds"] == 2
+    assert json.loads((seed1 / "variant.json").read_text())["base"] == "../../../../base_main/model"
+    assert adapter(seed1) != adapter(lora / "variant")  # another seed, another model
+    assert len(pd.read_csv(lora / "replicates" / "seed_1" / "logs" / "lora.csv")) == 6 and len(m["heldout_loss_change_by_seed"]["held_out"]) == 2
     bora = json.loads((repo / "artifacts" / "train_bora" / "metrics.json").read_text())
     assert [r["step"] for r in bora["runs"]] == ["alignment", "instruction"]
     assert bora["runs"][0]["trainable_share"] < 1 and bora["runs"][1]["trainable_share"] == 1  # self-attention frozen, then nothing
@@ -117,10 +124,10 @@ def test_generator_stages_through_dvc(repo):
     assert read_frames(out)[0].shape == (5, 32, 32, 3)
 
     # a forced rerun (checkpoints removed, so it trains from step 0) gives the same adapter bytes
-    before = sha256_file(lora / "variant" / "adapter" / "pytorch_lora_weights.safetensors")
+    before = [adapter(lora / "variant"), adapter(seed1)]
     shutil.rmtree(lora / "runs")
     _run(["dvc", "repro", "--single-item", "--force", "train@medgen_lora"], repo)
-    assert sha256_file(lora / "variant" / "adapter" / "pytorch_lora_weights.safetensors") == before
+    assert [adapter(lora / "variant"), adapter(seed1)] == before
 
 
 def test_every_variant_generated_and_evaluated(repo):
@@ -133,9 +140,15 @@ def test_every_variant_generated_and_evaluated(repo):
     assert index.groupby("variant").size().eq(4).all()  # 2 MedGen prompts + 1 per Bora modality (2)
     assert index.groupby("prompt_id").seed.nunique().eq(1).all()  # the same seed for every variant on a prompt
     assert (repo / "paper_figures" / "medgen_fig7_generation_grid.png").exists()
+    replicas = pd.read_parquet(repo / "artifacts" / "generate" / "replicate_index.parquet")  # every trained variant's second training seed
+    assert sorted(replicas.variant.unique()) == sorted(["medgen_lora", "full", "ophora", "bora", "second_lora"]) and (replicas.training_seed == 1).all()
+    assert replicas.groupby("variant").size().eq(4).all() and set(replicas.seed) == set(index.seed)  # the same prompts and sampling seeds
     scores = pd.read_parquet(repo / "artifacts" / "evaluate" / "scores.parquet")
     assert scores.backend.notna().all() and "real (held out)" in set(scores.variant)
     assert {"subject_consistency", "warping_error", "bmu_v", "realism", "clip_score"} <= set(scores.dimension)
+    assert set(scores[scores.variant == "ophora"].training_seed) == {0, 1} and set(scores[scores.variant == "base_main"].training_seed) == {0}
+    fid_rows = set(pd.read_csv(repo / "paper_figures" / "ophora_table1_quality.csv").variant)
+    assert {"ophora (training seed 0)", "ophora (training seed 1)", "base_main"} <= fid_rows  # distances per seed, never pooled
     for name in ["medgen_table2_medvbench", "ophora_table1_quality", "bora_table2_instruction", "bora_table3_quality"]:
         table = pd.read_csv(repo / "paper_figures" / f"{name}.csv")
         assert table.source.str.contains("published").any() and table.source.str.startswith("this compendium").any(), name
@@ -146,6 +159,8 @@ def test_every_variant_generated_and_evaluated(repo):
     gates = pd.read_parquet(repo / "artifacts" / "evaluate" / "gates.parquet")
     assert sorted(gates.variant) == sorted(index.variant.unique()) and (gates.gate_videos == 2 * 3).all()  # 2 prompts x 3 seeds
     assert (gates.passes == (gates.reason == "")).all()
+    measured = [c for c in metrics["claims"] if c["estimate"] == c["estimate"]]  # not NaN: a test ran, judged or not
+    assert measured and all("2 training seeds" in c["unit"] and c["seeds"] == 2 and len(c["seed_estimates"]) == 2 for c in measured), measured
     g = gates.set_index("variant")
     arms = {"MedGen Table 2": ("medgen_lora", "base_main"), "Ophora Table 1": ("ophora", "base_main"), "Bora Table 2": ("bora", "base_main")}
     for c in metrics["claims"]:  # both arms gated: a failed gate is the claim's reason, and a claim with a reason is never judged
@@ -212,7 +227,10 @@ def test_applications_and_the_rating_kit(repo):
 
     # downstream: viral pneumonia (one patient) dropped and said; the seen patient never tested; every condition scored
     folds = pd.read_parquet(repo / "artifacts" / "downstream" / "folds.parquet")
-    assert sorted(folds.condition.unique()) == ["D_ori", "D_ori+D_base", "D_ori+D_medgen", "D_ori+D_ophora"] and len(folds) == 8
+    assert sorted(folds.condition.unique()) == ["D_ori", "D_ori+D_base", "D_ori+D_medgen", "D_ori+D_ophora"] and len(folds) == 2 * (2 + 2 * 2)
+    assert folds.groupby("condition").training_seed.nunique().to_dict() == {"D_ori": 1, "D_ori+D_base": 1, "D_ori+D_medgen": 2, "D_ori+D_ophora": 2}
+    down = json.loads((repo / "artifacts" / "downstream" / "metrics.json").read_text())
+    assert all(c["seeds"] == 2 and "folds (patient-grouped, corrected) x 2 training seeds" in c["unit"] for c in down["claims"]), down["claims"]
     assert set(pd.read_parquet(repo / "artifacts" / "downstream" / "dropped.parquet").label) == {"viral_pneumonia"}
     table3 = (repo / "paper_figures" / "medgen_table3_augmentation.md").read_text()
     assert "viral_pneumonia" in table3 and "MedVidCL (MedGen, published)" in table3 and "p = " in table3

@@ -11,25 +11,33 @@ import pandas as pd
 from ..evaluate.verdicts import DESCRIPTIVE, STATUSES as CLAIM_STATUSES, claim_line, judge_claims
 
 # %% auto #0
-__all__ = ['STATUSES', 'claims_index', 'index_markdown']
+__all__ = ['STATUSES', 'claims_index', 'seed_agreement', 'index_markdown']
 
 # %% ../../nbs/63_paper_figures.ipynb #bec0e041
 STATUSES = (*CLAIM_STATUSES, DESCRIPTIVE)
 
 def claims_index(claims: list[dict], # every stage's `claim_row`s (with `stage` and `file`), all papers
                  alpha: float = 0.05, power: float = 0.8) -> list[dict]:
-    "Index rows (file, paper, stage, claim, status, numbers) for every claim, judged together per paper."
+    "Index rows (file, paper, stage, claim, status, seeds, numbers) for every claim, judged together per paper."
     if not claims: return []
     judged = judge_claims(pd.DataFrame(claims), alpha, power)
-    return [dict(file=r["file"], paper=r["table"], stage=r["stage"], claim=r["claim"], status=r["status"], numbers=claim_line(r))
-            for r in judged.to_dict("records")]
+    return [dict(file=r["file"], paper=r["table"], stage=r["stage"], claim=r["claim"], status=r["status"], seeds=seed_agreement(r),
+                 numbers=claim_line(r)) for r in judged.to_dict("records")]
 
-def index_markdown(rows: list[dict], # file, paper, stage, claim, status, numbers
+def seed_agreement(row: dict) -> str:
+    "'K of S': how many of the claim's S training seeds agree in sign with the pooled estimate; '1' for one seed; '' unmeasured."
+    if not pd.notna(row.get("estimate")): return ""
+    estimates = row.get("seed_estimates")
+    if not isinstance(estimates, (list, tuple)) or len(estimates) < 2: return "1"
+    return f"{round(row['seed_agreement'] * len(estimates))} of {len(estimates)}"
+
+def index_markdown(rows: list[dict], # file, paper, stage, claim, status, seeds (agreeing of training seeds), numbers
                    profile: str) -> str:
     "The index table of paper_figures/README.md, a status column a reader can scan."
     bad = [r["status"] for r in rows if r["status"] not in STATUSES]
     if bad: raise ValueError(f"unknown statuses {bad}")
-    table = pd.DataFrame(rows, columns=["file", "paper", "stage", "claim", "status", "numbers"])
+    table = pd.DataFrame(rows, columns=["file", "paper", "stage", "claim", "status", "seeds", "numbers"]).fillna({"seeds": ""})
+    table = table.rename(columns={"seeds": "training seeds agreeing"})
     table["file"] = "`" + table.file + "`"; table["status"] = "**" + table.status + "**"
     counts = pd.Series([r["status"] for r in rows]).value_counts()
     summary = ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES if counts.get(s, 0))

@@ -10,30 +10,35 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ..evaluate.verdicts import paired_difference
+from ..evaluate.verdicts import replicated_difference
 
 # %% auto #0
 __all__ = ['dimension_tests']
 
 # %% ../../nbs/61_transfer.ipynb #1b4624be
-def dimension_tests(scores: pd.DataFrame, # per-video scores: video, variant, dimension, value (the evaluate stage's scores.parquet)
-                    before: str, after: str, # the two variants (the base and the trained model)
+def dimension_tests(scores: pd.DataFrame, # per-video scores: video, variant, dimension, value (+ training_seed; the evaluate stage's scores.parquet)
+                    before: str, after: str, # the two variants (the base, one model, and the trained model, one or more training seeds)
                     dimensions: list[str], # the dimensions to test, in table order
                     alpha: float = 0.05,
-                    pair_by=lambda video: video.split("/", 1)[1], # the prompt a video id answers (videos are VARIANT/PROMPT_ID)
-                   ) -> pd.DataFrame: # dimension, before, after, difference (+ low, high, se, df, sd), p (paired), p_welch, n, significant (raw p)
-    "Per dimension: the two variants' means, a paired two-tailed t-test over shared prompts with its interval (`paired_difference`), Welch's test beside it."
+                    pair_by=lambda video: video.split("/", 1)[1], # the prompt a video id answers (videos are VARIANT[~seedK]/PROMPT_ID)
+                   ) -> pd.DataFrame: # dimension, before, after, difference (+ low, high, se, df, sd, seeds, seed_estimates, seed_agreement, unit), p, p_welch, n, significant (raw p)
+    "Per dimension: the two variants' means, a paired two-tailed test over shared prompts (and training seeds) with its interval (`replicated_difference`), Welch's test beside it."
     rows = []
+    if "training_seed" not in scores: scores = scores.assign(training_seed=0)
     for dim in dimensions:
         d = scores[(scores.dimension == dim) & scores.variant.isin([before, after])]
         if d.empty: raise ValueError(f"no scores of {dim!r} for {before!r} or {after!r}")
-        w = d.assign(prompt=d.video.map(pair_by)).pivot_table(index="prompt", columns="variant", values="value")
-        if before not in w or after not in w: raise ValueError(f"{dim!r}: scores of one variant are missing ({sorted(w.columns)})")
-        w = w[[before, after]].dropna()
-        if len(w) < 2: raise ValueError(f"{dim!r}: fewer than 2 prompts scored by both")
-        t = paired_difference((w[after] - w[before]).to_numpy())
-        p_welch = float(stats.ttest_ind(w[after], w[before], equal_var=False).pvalue) if w.std().sum() > 0 else (0.0 if t["estimate"] else 1.0)
-        rows.append(dict(dimension=dim, before=float(w[before].mean()), after=float(w[after].mean()), difference=t["estimate"],
-                         low=t["low"], high=t["high"], se=t["se"], df=t["df"], sd=t["sd"], p=t["p"], p_welch=p_welch, n=t["n"],
-                         significant=bool(t["p"] < alpha)))
+        d = d.assign(prompt=d.video.map(pair_by))
+        if before not in set(d.variant) or after not in set(d.variant): raise ValueError(f"{dim!r}: scores of one variant are missing ({sorted(set(d.variant))})")
+        b = d[d.variant == before].pivot_table(index="training_seed", columns="prompt", values="value")
+        a = d[d.variant == after].pivot_table(index="training_seed", columns="prompt", values="value")
+        if len(b) != 1: raise ValueError(f"{dim!r}: {before!r} has {len(b)} training seeds; the comparison needs one base model")
+        shared = [p for p in a.columns.intersection(b.columns) if a[p].notna().all() and b[p].notna().all()]  # every seed scored it
+        if len(shared) < 2: raise ValueError(f"{dim!r}: fewer than 2 prompts scored by both")
+        t = replicated_difference(a[shared].to_numpy() - b[shared].to_numpy()[0])
+        after_means, before_row = a[shared].mean(0), b[shared].iloc[0]
+        p_welch = float(stats.ttest_ind(after_means, before_row, equal_var=False).pvalue) if after_means.std() + before_row.std() > 0 else (0.0 if t["estimate"] else 1.0)
+        rows.append(dict(dimension=dim, before=float(before_row.mean()), after=float(after_means.mean()), difference=t["estimate"],
+                         low=t["low"], high=t["high"], se=t["se"], df=t["df"], sd=t["sd"], p=t["p"], p_welch=p_welch, n=t["n"], unit=t["unit"],
+                         seeds=t["seeds"], seed_estimates=t["seed_estimates"], seed_agreement=t["seed_agreement"], significant=bool(t["p"] < alpha)))
     return pd.DataFrame(rows)

@@ -199,7 +199,9 @@ def bootstrap_distance_difference(distance, # f(x, y) -> float, e.g. `frechet_di
                                   variant_seeds: Sequence | None = None, # each variant row's training seed: seeds are resampled too
                                  ) -> dict:
     """distance(variant, real) - distance(base, real) with a prompt-paired, clip-grouped (and, given `variant_seeds`,
-    seed-grouped) bootstrap interval and two-sided p; each training seed's own estimate and their agreement in sign."""
+    seed-grouped) bootstrap interval and two-sided p. With several training seeds the variant's distance is the mean of
+    each seed's own (a set the base's size: a Fréchet distance shrinks as its sets grow, so pooling seeds would favour
+    the variant); each seed's estimate and their agreement in sign are given."""
     variant_units, base_units, real_units = (np.asarray(u).astype(str) for u in (variant_units, base_units, real_units))
     variant_seeds = np.zeros(len(variant_units), int).astype(str) if variant_seeds is None else np.asarray(variant_seeds).astype(str)
     prompts = np.intersect1d(variant_units, base_units)
@@ -210,15 +212,15 @@ def bootstrap_distance_difference(distance, # f(x, y) -> float, e.g. `frechet_di
     base, base_units = base[keep_b], base_units[keep_b]
     cells, seeds = np.char.add(np.char.add(variant_seeds, "|"), variant_units), np.unique(variant_seeds)  # a (seed, prompt) cell's rows
     base_distance = distance(base, real)
-    estimate = distance(variant, real) - base_distance
     per_seed = [distance(variant[variant_seeds == s], real) - base_distance for s in seeds]
+    estimate = float(np.mean(per_seed))
     rng, clips, diffs = np.random.default_rng(seed), np.unique(real_units), []
     for _ in range(n_boot):
         p, c = rng.choice(prompts, len(prompts)), rng.choice(clips, len(clips))
         s = rng.choice(seeds, len(seeds)) if len(seeds) > 1 else seeds  # crossed: seeds and prompts drawn independently
         r = real[_rows_of(real_units, c)]
-        picked = [f"{a}|{b}" for a in s for b in p]
-        diffs.append(distance(variant[_rows_of(cells, picked)], r) - distance(base[_rows_of(base_units, p)], r))
+        v = np.mean([distance(variant[_rows_of(cells, [f"{a}|{b}" for b in p])], r) for a in s])
+        diffs.append(v - distance(base[_rows_of(base_units, p)], r))
     diffs = np.asarray(diffs)
     low, high = np.percentile(diffs, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
     p = min(1.0, 2 * min((np.sum(diffs <= 0) + 1) / (n_boot + 1), (np.sum(diffs >= 0) + 1) / (n_boot + 1)))
