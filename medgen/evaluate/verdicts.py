@@ -84,7 +84,7 @@ def replicated_difference(differences, # seeds x units: d[s, u], the seed-s vari
         t = dict(estimate=mean, low=mean - half, high=mean + half, p=p, n=U, se=se, df=df, variance_ratio=variance_ratio,
                  sd=se / math.sqrt(k),  # the per-unit spread this se implies (what `units_to_detect` scales)
                  unit=f"{unit} x {S} training seeds (crossed)")
-    agree = float(np.mean(np.sign(per_seed) == np.sign(t["estimate"]))) if t["estimate"] != 0 else float("nan")
+    agree = float(np.mean(np.sign(per_seed) == np.sign(t["estimate"])))  # a pooled 0 agrees with the seeds at exactly 0
     return {**t, "seeds": S, "seed_estimates": [float(x) for x in per_seed], "seed_sd": float(per_seed.std(ddof=1)) if S > 1 else float("nan"),
             "seed_agreement": agree}
 
@@ -225,7 +225,7 @@ def bootstrap_distance_difference(distance, # f(x, y) -> float, e.g. `frechet_di
     low, high = np.percentile(diffs, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
     p = min(1.0, 2 * min((np.sum(diffs <= 0) + 1) / (n_boot + 1), (np.sum(diffs >= 0) + 1) / (n_boot + 1)))
     se = float(diffs.std(ddof=1))  # the bootstrap's standard error; sd: the per-prompt spread it implies (for units_to_detect)
-    agree = float(np.mean(np.sign(per_seed) == np.sign(estimate))) if estimate != 0 else float("nan")
+    agree = float(np.mean(np.sign(per_seed) == np.sign(estimate)))
     return dict(estimate=float(estimate), low=float(low), high=float(high), p=float(p), n=int(len(prompts)), n_real=int(len(clips)),
                 n_boot=n_boot, se=se, df=int(len(prompts)) - 1, sd=se * math.sqrt(len(prompts)),
                 unit=f"prompts (paired){f' x {len(seeds)} training seeds' if len(seeds) > 1 else ''} x {len(clips)} real clips",

@@ -14,7 +14,7 @@ import torch
 
 # %% auto #0
 __all__ = ['FAMILIES', 'COGVIDEOX_SCHEDULER', 'Family', 'family', 'minilm_text_encoder', 'build_small', 'ModelNotFound',
-           'load_pipeline', 'generation_kwargs', 'valid_frames', 'generate_video']
+           'load_pipeline', 'generation_kwargs', 'valid_frames', 'embeds_kwargs', 'generate_video']
 
 # %% ../../nbs/40_models.ipynb #4697ee59
 @dataclass(frozen=True)
@@ -159,7 +159,25 @@ def valid_frames(name: str, num_frames: int) -> int:
     if num_frames < 1: raise ValueError(f"num_frames must be >= 1, got {num_frames}")
     return (num_frames - 1) // step * step + 1
 
-def generate_video(pipe, name: str, prompt: str, seed: int = 0, **kwargs) -> np.ndarray:
-    "One video `(T,H,W,3)` uint8 from `prompt` with a seeded CPU generator; `kwargs` as `generation_kwargs`."
-    out = pipe(prompt, generator=torch.Generator("cpu").manual_seed(seed), output_type="np", **generation_kwargs(name, **kwargs))
+_EMBEDS = {"encoder_hidden_states": "prompt_embeds", "encoder_attention_mask": "prompt_attention_mask", "pooled_projections": "pooled_prompt_embeds"}
+
+def embeds_kwargs(name: str, # the family
+                  conditions: dict[str, torch.Tensor], # `text_conditions` of the prompt (one row)
+                  negative: dict[str, torch.Tensor] | None = None, # of the negative (empty) prompt, for classifier-free guidance
+                 ) -> dict:
+    "A pipeline call's prompt-embedding arguments from conditions encoded earlier (the call then never runs the text encoder)."
+    kw = {_EMBEDS[k]: v for k, v in conditions.items()}
+    if negative is not None and name != "hunyuan":  # HunyuanVideo's guidance is distilled into the model: no negative branch
+        kw |= {f"negative_{_EMBEDS[k]}": v for k, v in negative.items()}
+    return kw
+
+def generate_video(pipe, name: str, prompt: str | None, seed: int = 0,
+                   conditions: dict | None = None, negative: dict | None = None, # encoded prompt (and empty prompt) instead of `prompt`
+                   **kwargs) -> np.ndarray:
+    "One video `(T,H,W,3)` uint8 from `prompt` with a seeded CPU generator; `kwargs` as `generation_kwargs`, num_frames by the family's rule."
+    if "num_frames" in kwargs: kwargs["num_frames"] = valid_frames(name, kwargs["num_frames"])  # 93 -> Mochi's 91, CogVideoX's 89
+    kw = generation_kwargs(name, **kwargs)
+    if conditions is not None:
+        kw |= embeds_kwargs(name, conditions, negative); kw.pop("prompt_template", None); prompt = None
+    out = pipe(prompt, generator=torch.Generator("cpu").manual_seed(seed), output_type="np", **kw)
     return (np.clip(out.frames[0], 0, 1) * 255).round().astype(np.uint8)

@@ -19,17 +19,19 @@ from .objectives import denoising_loss, noise_levels, take, text_conditions
 
 # %% auto #0
 __all__ = ['TrainConfig', 'resolve_precision', 'set_trainable', 'parameter_counts', 'TrainData', 'balanced_weights',
-           'MemoryMeter', 'last_checkpoint', 'save_weights', 'train_denoiser', 'validation_videos', 'write_variant',
-           'load_variant', 'launch_processes', 'launch_training', 'train_from_spec', 'heldout_loss']
+           'MemoryMeter', 'batch_plan', 'StepBatches', 'window_loader', 'last_checkpoint', 'save_weights',
+           'train_denoiser', 'validation_videos', 'write_variant', 'load_variant', 'launch_processes',
+           'launch_training', 'train_from_spec', 'heldout_loss']
 
 # %% ../../nbs/46_train.ipynb #38ad0b72
 @dataclass
 class TrainConfig:
     "A training run: MedGen Table 5's arguments (same names) and the recipe fields the other papers need."
     seed: int = 1024                      # Table 5
-    train_batch_size: int = 32            # Table 5 (per device)
-    dataloader_num_workers: int = 4       # Table 5; latents are held in memory here, so no loader workers are started
-    gradient_accumulation_steps: int = 8  # Table 5
+    train_batch_size: int = 32            # Table 5: windows per device per forward pass (the micro-batch)
+    global_batch_size: int | None = None  # windows per optimiser step over every process; None: train_batch_size x accumulation x processes
+    dataloader_num_workers: int = 4       # Table 5: DataLoader workers reading the latent shards (0: in the training process)
+    gradient_accumulation_steps: int = 8  # Table 5; derived from global_batch_size when that is set
     learning_rate: float = 5e-5           # Table 5
     lr_scheduler: str = "constant"        # a `diffusers.optimization.get_scheduler` name (Table 5: not given; FastVideo's default)
     lr_warmup_steps: int = 0
@@ -54,6 +56,8 @@ class TrainConfig:
     timestep_sampling: str = "uniform"    # uniform | stratified (Ophora: across the batch)
     weight_decay: float = 0.0             # AdamW
     max_grad_norm: float = 1.0
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass (the papers' trainers; paper.yaml: on)
+    optimizer: str = "adamw"              # adamw | adamw8bit (bitsandbytes' 8-bit AdamW, where the package is installed)
     max_sequence_length: int = 64         # text tokens (the same as sampling)
     validation_height: int = 64           # validation videos' size and length
     validation_width: int = 64
@@ -99,15 +103,17 @@ def parameter_counts(transformer) -> dict:
 # %% ../../nbs/46_train.ipynb #62294e24
 @dataclass
 class TrainData:
-    "Latent windows `(N,C,F,H,W)`, a caption per window and optional sampling weights."
-    latents: torch.Tensor
+    "Latent windows `(N,C,F,H,W)` (a tensor or a dataset), a caption per window, optional sampling weights and encoded captions."
+    latents: torch.Tensor | torch.utils.data.Dataset
     captions: list[str]
     weights: torch.Tensor | None = None
+    text: object | None = None  # a TextConditions store holding every caption (and ""); None: encode them with the pipeline's text encoder
 
     def __post_init__(self):
         if len(self.latents) == 0: raise ValueError("no training windows")
         if len(self.captions) != len(self.latents): raise ValueError(f"{len(self.captions)} captions for {len(self.latents)} windows")
         if self.weights is not None and len(self.weights) != len(self.latents): raise ValueError("one weight per window")
+        if self.text is not None: self.text.rows(list(self.captions) + [""])  # every caption encoded (a KeyError names the missing)
 
 def balanced_weights(labels: list[str]) -> torch.Tensor:
     "Sampling weights that give every label the same total weight (Bora's modality-balanced sampling)."
@@ -133,11 +139,58 @@ class MemoryMeter:
         self.peak = max(self.peak, self.proc.memory_info().rss)
         self.peak_mb = (torch.cuda.max_memory_allocated() if self.device.startswith("cuda") else self.peak - self.start) / 2 ** 20
 
-# %% ../../nbs/46_train.ipynb #e23e78f4
+# %% ../../nbs/46_train.ipynb #7af16ad5
 def _step_generator(seed: int, step: int, micro: int, rank: int = 0) -> torch.Generator:
     # each process of a multi-GPU run draws its own batch; process 0 draws what a single process draws
     return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step, micro] + ([rank] if rank else [])).generate_state(1)[0]))
 
+def batch_plan(config: TrainConfig, processes: int = 1) -> dict:
+    "The micro-batch per device, the accumulation steps and the global batch of one optimiser step on `processes` processes."
+    micro = config.train_batch_size
+    if micro < 1 or processes < 1: raise ValueError(f"train_batch_size and processes must be >= 1, got {micro}, {processes}")
+    if config.global_batch_size is None:
+        return dict(micro=micro, accumulation=config.gradient_accumulation_steps, processes=processes,
+                    global_batch=micro * config.gradient_accumulation_steps * processes)
+    accumulation, left = divmod(config.global_batch_size, micro * processes)
+    if left or accumulation < 1:
+        raise ValueError(f"global_batch_size {config.global_batch_size} is not a multiple of train_batch_size {micro} x {processes} process(es)")
+    return dict(micro=micro, accumulation=accumulation, processes=processes, global_batch=config.global_batch_size)
+
+class StepBatches(torch.utils.data.Sampler):
+    "The window indices of every micro-batch from optimiser step `start` to `steps`, each drawn from its own seeded generator."
+    def __init__(self, n: int, # windows
+                 batch_size: int, seed: int, start: int, steps: int, accumulation: int, rank: int = 0,
+                 weights: torch.Tensor | None = None, # sampling weights (None: uniform)
+                ):
+        self.n, self.batch_size, self.seed, self.start, self.steps = n, batch_size, seed, start, steps
+        self.accumulation, self.rank, self.weights = accumulation, rank, weights
+
+    def draw(self, step: int, micro: int) -> tuple[torch.Tensor, torch.Generator]:
+        "The indices of one micro-batch and its generator, left where the training loop goes on drawing (caption dropout, noise)."
+        g = _step_generator(self.seed, step, micro, self.rank)
+        idx = (torch.multinomial(self.weights, self.batch_size, replacement=True, generator=g) if self.weights is not None
+               else torch.randint(self.n, (self.batch_size,), generator=g))
+        return idx, g
+
+    def __iter__(self):
+        for step in range(self.start, self.steps):
+            for micro in range(self.accumulation): yield self.draw(step, micro)[0].tolist()
+
+    def __len__(self) -> int: return (self.steps - self.start) * self.accumulation
+
+class _TensorWindows(torch.utils.data.Dataset):
+    "A tensor of windows as a map-style dataset (a DataLoader stacks exactly `latents[idx]`)."
+    def __init__(self, latents: torch.Tensor): self.latents = latents
+    def __len__(self): return len(self.latents)
+    def __getitem__(self, i): return self.latents[i]
+
+def window_loader(data: TrainData, sampler: StepBatches, num_workers: int = 0) -> torch.utils.data.DataLoader:
+    "The micro-batches of `sampler`, read from `data.latents` (lazily, by `num_workers` workers, for a dataset on disk)."
+    ds = data.latents if isinstance(data.latents, torch.utils.data.Dataset) else _TensorWindows(data.latents)
+    return torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=num_workers, collate_fn=torch.stack,
+                                       persistent_workers=False)
+
+# %% ../../nbs/46_train.ipynb #e23e78f4
 def _checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
     found = [(int(p.name.split("-")[1]), p) for p in (out_dir / "checkpoints").glob("checkpoint-*") if p.name.split("-")[1].isdigit()]
     return sorted(found)
@@ -158,6 +211,28 @@ def save_weights(pipe, family: str, transformer, config: TrainConfig, out_dir: P
     return dest
 
 # %% ../../nbs/46_train.ipynb #79eb237c
+class _EncodedTexts:
+    "Captions encoded once with the pipeline's own text encoder, in memory (small runs): the interface of `TextConditions`."
+    def __init__(self, pipe, family: str, texts: list[str], max_sequence_length: int):
+        self.texts = sorted(set(texts))
+        self.cond = text_conditions(pipe, family, self.texts, max_sequence_length)
+        self._row = {t: i for i, t in enumerate(self.texts)}
+    def rows(self, captions) -> torch.Tensor: return torch.tensor([self._row[str(c)] for c in captions])
+    def take(self, rows: torch.Tensor, device="cpu") -> dict: return {k: v[rows].to(device) for k, v in self.cond.items()}
+
+def _optimizer(params, config: TrainConfig):
+    if config.optimizer == "adamw": return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    if config.optimizer == "adamw8bit":
+        try: import bitsandbytes as bnb
+        except ImportError: raise ImportError("optimizer adamw8bit needs bitsandbytes (pip install bitsandbytes, on a CUDA machine)") from None
+        return bnb.optim.AdamW8bit(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    raise ValueError(f"optimizer: adamw | adamw8bit, got {config.optimizer!r}")
+
+def _scheduler(opt, config: TrainConfig):
+    from diffusers.optimization import get_scheduler
+    name = "constant_with_warmup" if config.lr_scheduler == "constant" and config.lr_warmup_steps > 0 else config.lr_scheduler  # warm-up honoured
+    return get_scheduler(name, opt, num_warmup_steps=config.lr_warmup_steps, num_training_steps=config.max_train_steps)
+
 def train_denoiser(pipe, # the family's pipeline (VAE and text encoder frozen; its transformer trains in place)
                    family: str,
                    data: TrainData,
@@ -166,36 +241,41 @@ def train_denoiser(pipe, # the family's pipeline (VAE and text encoder frozen; i
                    resume: bool = True, # continue from the last checkpoint in out_dir
                    validation_prompts: list[str] = (), # validation videos' prompts (seed = config.seed + index)
                    progress=None, # None, or fn(step, loss) after every optimiser step
-                  ) -> dict: # what happened: steps, seconds, seconds per step, peak memory, parameter counts, weights path
+                  ) -> dict: # what happened: steps, seconds, seconds per step, peak memory, parameter counts, batch plan, weights path
     "Train the denoiser of `pipe` on `data` with `config` (accelerate + peft); returns a summary."
-    from accelerate import Accelerator
-    from diffusers.optimization import get_scheduler
+    from accelerate import Accelerator, PartialState
     from diffusers.training_utils import EMAModel
     family_entry(family)
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     if config.timestep_sampling not in ("uniform", "stratified"): raise ValueError(f"timestep_sampling: uniform | stratified, got {config.timestep_sampling!r}")
     precision = resolve_precision(config.mixed_precision)
     if torch.cuda.is_available(): torch.backends.cuda.matmul.allow_tf32 = config.allow_tf32
-    acc = Accelerator(mixed_precision=precision, gradient_accumulation_steps=config.gradient_accumulation_steps)
+    plan = batch_plan(config, PartialState().num_processes)
+    acc = Accelerator(mixed_precision=precision, gradient_accumulation_steps=plan["accumulation"])
     transformer = pipe.transformer
     params = set_trainable(transformer, config)
     counts = parameter_counts(transformer)
-    opt = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    sched = get_scheduler(config.lr_scheduler, opt, num_warmup_steps=config.lr_warmup_steps, num_training_steps=config.max_train_steps)
-    ema = EMAModel(params, decay=config.ema_decay, update_after_step=config.ema_start_step) if config.ema_decay > 0 else None
-    if ema is not None: acc.register_for_checkpointing(ema)
+    if config.gradient_checkpointing: transformer.enable_gradient_checkpointing()
+    opt = _optimizer(params, config)
+    # the schedule is stepped here once per optimiser step: accelerate's prepared scheduler would step once per process
+    sched = _scheduler(opt, config)
+    # captions encoded before anything moves: the text encoder runs where it is (on the CPU), once
+    text = data.text if data.text is not None else _EncodedTexts(pipe, family, list(data.captions) + ([""] if config.cfg > 0 else []),
+                                                                 config.max_sequence_length)
+    shown = _EncodedTexts(pipe, family, list(validation_prompts) + [""], config.max_sequence_length) if validation_prompts else None
     transformer.train()
-    transformer, opt, sched = acc.prepare(transformer, opt, sched)
-    pipe.to(acc.device)
-    # the text encoder is frozen: every caption (and the empty one, for `cfg` dropout) is encoded once
-    texts = sorted(set(data.captions) | ({""} if config.cfg > 0 else set()))
-    cond_all = {k: v.to(acc.device) for k, v in text_conditions(pipe, family, texts, config.max_sequence_length).items()}
-    caption_index = torch.tensor([texts.index(c) for c in data.captions])
-    empty = texts.index("") if config.cfg > 0 else -1
-    latents = data.latents.to(acc.device)
+    transformer, opt = acc.prepare(transformer, opt)
+    if data.text is None: pipe.to(acc.device)  # a small run: the whole pipeline on the device, as before
+    else: pipe.vae.to(acc.device)  # the text encoder never comes to the training device (validation uses `shown`)
+    # EMA after prepare: its shadow weights are made where the trained weights now are (a CPU copy would mix devices at step 1)
+    ema = EMAModel(params, decay=config.ema_decay, update_after_step=config.ema_start_step) if config.ema_decay > 0 else None
+    acc.register_for_checkpointing(sched)
+    if ema is not None: acc.register_for_checkpointing(ema)
+    caption_rows = text.rows(data.captions)
+    empty = text.rows([""])[0] if config.cfg > 0 else -1
 
     # resume only a run with the same settings: a checkpoint of other settings would silently mix two runs
-    settings = json.dumps(dict(asdict(config), family=family, windows=len(data.latents)), sort_keys=True, default=str)
+    settings = json.dumps(dict(asdict(config), family=family, windows=len(data.latents), plan=plan), sort_keys=True, default=str)
     same = (out_dir / "checkpoints" / "config.json").exists() and (out_dir / "checkpoints" / "config.json").read_text() == settings
     start, ckpt = last_checkpoint(out_dir) if resume and same else (0, None)
     log = []
@@ -207,26 +287,28 @@ def train_denoiser(pipe, # the family's pipeline (VAE and text encoder frozen; i
         (out_dir / "checkpoints").mkdir(parents=True); (out_dir / "checkpoints" / "config.json").write_text(settings)
     acc.wait_for_everyone()
 
+    sampler = StepBatches(len(data.latents), plan["micro"], config.seed, start, config.max_train_steps, plan["accumulation"],
+                          acc.process_index, data.weights)
+    batches = iter(window_loader(data, sampler, config.dataloader_num_workers))
     t_run = time.time()
     with MemoryMeter(acc.device) as mem:
         for step in range(start, config.max_train_steps):
             t0, losses = time.time(), []
-            for micro in range(config.gradient_accumulation_steps):
-                g = _step_generator(config.seed, step, micro, acc.process_index)
-                b = config.train_batch_size
-                idx = (torch.multinomial(data.weights, b, replacement=True, generator=g) if data.weights is not None
-                       else torch.randint(len(latents), (b,), generator=g))
-                caps = caption_index[idx].clone()
+            for micro in range(plan["accumulation"]):
+                idx, g = sampler.draw(step, micro)  # the loader read these windows; g goes on to the caption dropout and the noise
+                b = len(idx)
+                caps = caption_rows[idx].clone()
                 if config.cfg > 0: caps[torch.rand(b, generator=g) < config.cfg] = empty
-                x0 = latents[idx]
+                x0 = next(batches).to(acc.device)
                 noise = torch.randn(x0.shape, generator=g).to(acc.device)
                 u = noise_levels(b, g, stratified=config.timestep_sampling == "stratified").to(acc.device)
                 with acc.accumulate(transformer), acc.autocast():
-                    loss = denoising_loss(transformer, family, pipe.scheduler, x0, take(cond_all, caps.to(acc.device)), noise, u, config.shift).mean()
+                    loss = denoising_loss(transformer, family, pipe.scheduler, x0, text.take(caps, acc.device), noise, u, config.shift).mean()
                     acc.backward(loss)
                     if acc.sync_gradients and config.max_grad_norm: acc.clip_grad_norm_(params, config.max_grad_norm)
-                    opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
+                    opt.step(); opt.zero_grad(set_to_none=True)
                 losses.append(loss.item())
+            sched.step()  # once per optimiser step, whatever the process count
             if ema is not None: ema.step(params)
             log.append(dict(step=step + 1, loss=float(np.mean(losses)), lr=sched.get_last_lr()[0], seconds=time.time() - t0))
             if progress: progress(step + 1, log[-1]["loss"])
@@ -234,11 +316,13 @@ def train_denoiser(pipe, # the family's pipeline (VAE and text encoder frozen; i
             if config.checkpointing_steps and done % config.checkpointing_steps == 0 and done < config.max_train_steps:
                 _save_checkpoint(acc, out_dir, done, log, config.checkpoints_total_limit)
             if config.validation_steps and done % config.validation_steps == 0 and validation_prompts and acc.is_main_process:
-                with _ema_weights(ema, params): validation_videos(pipe, family, validation_prompts, config, out_dir / "validation" / f"step-{done:06d}")
+                with _ema_weights(ema, params): validation_videos(pipe, family, validation_prompts, config, out_dir / "validation" / f"step-{done:06d}", shown)
     seconds = time.time() - t_run
     acc.wait_for_everyone()
     transformer = acc.unwrap_model(transformer)
+    pipe.transformer = transformer
     transformer.eval()
+    if config.gradient_checkpointing: transformer.disable_gradient_checkpointing()
     if ema is not None: ema.copy_to(params)
     weights = out_dir / ("adapter" if config.use_lora else "transformer")
     if acc.is_main_process:
@@ -248,7 +332,7 @@ def train_denoiser(pipe, # the family's pipeline (VAE and text encoder frozen; i
     timed = [r["seconds"] for r in log[start:]]
     return dict(family=family, steps=config.max_train_steps, resumed_from=start, seconds=seconds,
                 seconds_per_step=float(np.median(timed)) if timed else None, peak_memory_mb=mem.peak_mb,
-                precision=precision, device=str(acc.device), weights=str(weights), **counts)
+                precision=precision, device=str(acc.device), weights=str(weights), batch=plan, **counts)
 
 def _save_checkpoint(acc, out_dir: Path, step: int, log: list, limit: int):
     final = out_dir / "checkpoints" / f"checkpoint-{step}"
@@ -270,15 +354,19 @@ class _ema_weights:
     def __exit__(self, *exc):
         if self.ema is not None: self.ema.restore(self.params)
 
-def validation_videos(pipe, family: str, prompts: list[str], config: TrainConfig, dest: Path) -> list[Path]:
+def validation_videos(pipe, family: str, prompts: list[str], config: TrainConfig, dest: Path,
+                      texts=None, # the prompts (and "") encoded beforehand (`_EncodedTexts`, `TextConditions`): no text encoder runs
+                     ) -> list[Path]:
     "One video per prompt with the current weights (seed = config.seed + index), as mp4 in `dest`."
     from medgen.video import write_video
     was_training = pipe.transformer.training; pipe.transformer.eval()
+    device = next(pipe.transformer.parameters()).device
     paths = []
     for i, prompt in enumerate(prompts):
+        encoded = dict(conditions=texts.take(texts.rows([prompt]), device), negative=texts.take(texts.rows([""]), device)) if texts else {}
         frames = generate_video(pipe, family, prompt, seed=config.seed + i, height=config.validation_height, width=config.validation_width,
                                 num_frames=config.validation_frames, steps=config.validation_sampling_steps,
-                                guidance_scale=config.validation_guidance_scale, max_sequence_length=config.max_sequence_length)
+                                guidance_scale=config.validation_guidance_scale, max_sequence_length=config.max_sequence_length, **encoded)
         paths.append(write_video(frames, dest / f"{i:03d}.mp4", fps=config.validation_fps))
     pipe.transformer.train(was_training)
     return paths
@@ -333,8 +421,11 @@ def launch_training(base: str | Path, # the base (a variant or pipeline folder, 
     "`train_denoiser` under `accelerate launch --config_file config_file`; returns the main process's summary."
     import subprocess, sys
     out_dir = Path(out_dir); spec_dir = out_dir / "launch"; spec_dir.mkdir(parents=True, exist_ok=True)
-    torch.save(dict(latents=data.latents, captions=list(data.captions), weights=data.weights), spec_dir / "data.pt")
-    spec = dict(base=str(base), init=str(init) if init else None, data=str(spec_dir / "data.pt"), config=asdict(config),
+    # shards on disk travel as their index (every rank reads them lazily); a tensor (small runs) as one file
+    shards = data.latents.spec() if hasattr(data.latents, "spec") else None
+    torch.save(dict(latents=None if shards else data.latents, captions=list(data.captions), weights=data.weights), spec_dir / "data.pt")
+    spec = dict(base=str(base), init=str(init) if init else None, data=str(spec_dir / "data.pt"), shards=shards,
+                text=str(data.text.path) if getattr(data.text, "path", None) else None, config=asdict(config),
                 out_dir=str(out_dir), resume=resume, validation_prompts=list(validation_prompts))
     (spec_dir / "spec.json").write_text(json.dumps(spec, indent=1))
     accelerate = Path(sys.executable).with_name("accelerate")
@@ -350,7 +441,10 @@ def train_from_spec(spec_path: str | Path) -> dict:
     pipe, family = load_variant(spec["base"])
     if spec.get("init"): pipe.transformer = type(pipe.transformer).from_pretrained(spec["init"]).eval()
     d = torch.load(spec["data"], weights_only=True)  # tensors, strings and lists only: no pickled code
-    summary = train_denoiser(pipe, family, TrainData(d["latents"], d["captions"], d["weights"]), TrainConfig(**spec["config"]),
+    from medgen.generate.stores import ShardWindows, TextConditions
+    latents = ShardWindows.from_spec(spec["shards"]) if spec.get("shards") else d["latents"]
+    text = TextConditions(spec["text"]) if spec.get("text") else None
+    summary = train_denoiser(pipe, family, TrainData(latents, d["captions"], d["weights"], text), TrainConfig(**spec["config"]),
                              spec["out_dir"], spec["resume"], spec["validation_prompts"])
     if int(os.environ.get("RANK", "0")) == 0: (Path(spec["out_dir"]) / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
@@ -361,25 +455,31 @@ if __name__ == "__main__":  # `accelerate launch ... -m medgen.generate.train SP
     train_from_spec(sys.argv[1])
 
 # %% ../../nbs/46_train.ipynb #ff3e361d
-@torch.no_grad()
-def heldout_loss(pipe, family: str, latents: torch.Tensor, captions: list[str],
+@torch.no_grad()  # a measurement: no graph kept (at paper scale the activations of a 14B denoiser)
+def heldout_loss(pipe, family: str,
+                 latents: torch.Tensor | torch.utils.data.Dataset, # the windows (read batch_size at a time)
+                 captions: list[str],
                  seed: int = 0, # fixes the noise
                  levels: int = 8, # noise levels (u = (i + 0.5) / levels), each applied to every window
-                 shift: float = 1.0, max_sequence_length: int = 64, batch_size: int = 16) -> float:
+                 shift: float = 1.0, max_sequence_length: int = 64, batch_size: int = 16,
+                 text=None, # a TextConditions store with the captions; None: the pipeline's text encoder encodes them once
+                ) -> float:
     "Mean denoising loss over windows x fixed noise levels, with fixed noise: comparable across models."
     if len(latents) == 0: raise ValueError("no latents to evaluate on")
     tr = pipe.transformer; was = tr.training; tr.eval()
-    texts = sorted(set(captions)); cond = text_conditions(pipe, family, texts, max_sequence_length)
-    cap = torch.tensor([texts.index(c) for c in captions])
-    g = torch.Generator().manual_seed(seed)
-    noise = torch.randn((levels, *latents.shape), generator=g)
+    device = next(tr.parameters()).device
+    store = text if text is not None else _EncodedTexts(pipe, family, list(captions), max_sequence_length)
+    rows = store.rows(captions)
+    ds = latents if isinstance(latents, torch.utils.data.Dataset) else _TensorWindows(latents)
     total, n = 0.0, 0
-    with torch.no_grad():  # a measurement: no graph kept (at paper scale the activations of a 14B denoiser)
+    for i in range(0, len(ds), batch_size):
+        js = range(i, min(i + batch_size, len(ds)))
+        x0 = torch.stack([ds[j] for j in js]).to(device)
+        cond = store.take(rows[i:i + len(js)], device)
         for k in range(levels):
-            u = torch.full((len(latents),), (k + 0.5) / levels)
-            for i in range(0, len(latents), batch_size):
-                sl = slice(i, i + batch_size)
-                loss = denoising_loss(tr, family, pipe.scheduler, latents[sl], take(cond, cap[sl]), noise[k, sl], u[sl], shift)
-                total += loss.sum().item(); n += len(loss)
+            noise = torch.stack([torch.randn(x0.shape[1:], generator=_step_generator(seed, k, j)) for j in js]).to(device)
+            u = torch.full((len(js),), (k + 0.5) / levels, device=device)
+            loss = denoising_loss(tr, family, pipe.scheduler, x0, cond, noise, u, shift)
+            total += loss.sum().item(); n += len(loss)
     tr.train(was)
     return total / n
