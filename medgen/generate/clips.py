@@ -15,7 +15,8 @@ import torch
 from ..video import read_frames
 
 # %% auto #0
-__all__ = ['LUMA', 'square_frames', 'read_clip', 'clip_windows', 'to_model', 'from_model', 'general_augment', 'video_windows']
+__all__ = ['LUMA', 'square_frames', 'read_clip', 'clip_windows', 'to_model', 'from_model', 'general_augment',
+           'iter_video_windows', 'video_windows']
 
 # %% ../../nbs/43_clips.ipynb #b3d7b969
 def square_frames(frames: np.ndarray, # RGB frames (T,H,W,3) uint8
@@ -77,21 +78,30 @@ def general_augment(x: torch.Tensor, # (B,3,T,H,W) in [-1, 1]
     return img.clamp(0, 1) * 2 - 1
 
 # %% ../../nbs/43_clips.ipynb #4a842207
+def iter_video_windows(paths: dict[str, str | Path], # name -> video file
+                       fps: float, side: int, num_frames: int, stride: int,
+                       max_seconds: float | None = None,
+                      ):
+    "One video at a time: (name, windows (n,num_frames,side,side,3), starts, None), or (name, None, None, error row) for a video that gives none."
+    from medgen.video import VideoError
+    for name, path in paths.items():
+        try: frames = read_clip(path, fps, side, max_seconds)
+        except (VideoError, OSError, ValueError) as e:
+            yield name, None, None, dict(name=name, reason="unreadable", detail=f"{type(e).__name__}: {e}"); continue
+        w = clip_windows(frames, num_frames, stride)
+        if len(w) == 0:
+            yield name, None, None, dict(name=name, reason="too_short", detail=f"{len(frames)} frames at {fps} fps < {num_frames}"); continue
+        yield name, w, [s * stride for s in range(len(w))], None
+
 def video_windows(paths: dict[str, str | Path], # name -> video file
                   fps: float, side: int, num_frames: int, stride: int,
                   max_seconds: float | None = None,
                  ) -> tuple[np.ndarray, "pd.DataFrame", "pd.DataFrame"]: # windows (N,num_frames,side,side,3), index (name, start), errors (name, reason)
-    "Windows of every video, with a table saying where each came from and a table of the videos that gave none."
+    "Windows of every video in memory (a few clips: evaluation, the downstream benchmark), with where each came from and the videos that gave none."
     import pandas as pd
-    from medgen.video import VideoError
     out, index, errors = [], [], []
-    for name, path in paths.items():
-        try: frames = read_clip(path, fps, side, max_seconds)
-        except (VideoError, OSError, ValueError) as e:
-            errors.append(dict(name=name, reason="unreadable", detail=f"{type(e).__name__}: {e}")); continue
-        w = clip_windows(frames, num_frames, stride)
-        if len(w) == 0:
-            errors.append(dict(name=name, reason="too_short", detail=f"{len(frames)} frames at {fps} fps < {num_frames}")); continue
-        out.append(w); index += [dict(name=name, start=s * stride) for s in range(len(w))]
+    for name, w, starts, error in iter_video_windows(paths, fps, side, num_frames, stride, max_seconds):
+        if error: errors.append(error); continue
+        out.append(w); index += [dict(name=name, start=s) for s in starts]
     windows = np.concatenate(out) if out else np.zeros((0, num_frames, side, side, 3), np.uint8)
     return windows, pd.DataFrame(index, columns=["name", "start"]), pd.DataFrame(errors, columns=["name", "reason", "detail"])

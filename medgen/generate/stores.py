@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 # %% auto #0
-__all__ = ['ShardWriter', 'ShardWindows', 'write_text_conditions', 'TextConditions']
+__all__ = ['ShardWriter', 'ShardWindows', 'write_text_conditions', 'TextConditions', 'write_latent_shards']
 
 # %% ../../nbs/48_stores.ipynb #7d2fefe5
 class ShardWriter:
@@ -137,3 +137,33 @@ class TextConditions:
                 sl = f.get_slice(k)
                 out[k] = torch.stack([sl[int(r):int(r) + 1][0] for r in rows]).to(device)
         return out
+
+# %% ../../nbs/48_stores.ipynb #f25d266b
+def write_latent_shards(vae, # the base's frozen VAE
+                        family: str,
+                        clips: dict[str, tuple[str | Path, dict]], # name -> (video file, the table row every window of it carries)
+                        folder: str | Path, # the shards' folder
+                        fps: float, side: int, num_frames: int, stride: int, max_seconds: float | None = None,
+                        batch_size: int = 8, # windows per VAE call
+                        shard_size: int = 256, # windows per shard
+                        prefix: str = "shard",
+                        progress=None, # None, or fn(windows_done) after every batch
+                       ) -> tuple[pd.DataFrame, pd.DataFrame]: # the index (clip row + clip, start, shard, offset), the errors (name, reason, detail)
+    "Decode, window, encode and normalise every clip, streaming into shards; returns the window index and the clips that gave none."
+    from medgen.generate.clips import iter_video_windows, to_model
+    from medgen.generate.vae import encode_latents, normalize_latents
+    writer, errors, pending, done = ShardWriter(folder, shard_size, prefix), [], [], 0
+    def encode(batch):
+        nonlocal done
+        x = to_model(np.stack([w for w, _ in batch]))
+        z = normalize_latents(vae, family, encode_latents(vae, x, batch_size=len(batch)))
+        writer.add(z, [r for _, r in batch]); done += len(batch)
+        if progress: progress(done)
+    paths = {name: path for name, (path, _) in clips.items()}
+    for name, windows, starts, error in iter_video_windows(paths, fps, side, num_frames, stride, max_seconds):
+        if error: errors.append(error); continue
+        for w, s in zip(windows, starts):
+            pending.append((w, dict(clips[name][1], clip=name, start=s)))
+            if len(pending) == batch_size: encode(pending); pending = []
+    if pending: encode(pending)
+    return writer.close(), pd.DataFrame(errors, columns=["name", "reason", "detail"])
