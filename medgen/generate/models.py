@@ -13,8 +13,9 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['FAMILIES', 'COGVIDEOX_SCHEDULER', 'Family', 'family', 'minilm_text_encoder', 'build_small', 'ModelNotFound',
-           'load_pipeline', 'generation_kwargs', 'valid_frames', 'embeds_kwargs', 'generate_video']
+__all__ = ['FAMILIES', 'COGVIDEOX_SCHEDULER', 'MODEL_CONFIGS', 'Family', 'family', 'minilm_text_encoder', 'build_small',
+           'ModelNotFound', 'load_pipeline', 'generation_kwargs', 'valid_frames', 'embeds_kwargs', 'generate_video',
+           'real_size_transformer']
 
 # %% ../../nbs/40_models.ipynb #4697ee59
 @dataclass(frozen=True)
@@ -181,3 +182,19 @@ def generate_video(pipe, name: str, prompt: str | None, seed: int = 0,
         kw |= embeds_kwargs(name, conditions, negative); kw.pop("prompt_template", None); prompt = None
     out = pipe(prompt, generator=torch.Generator("cpu").manual_seed(seed), output_type="np", **kw)
     return (np.clip(out.frames[0], 0, 1) * 255).round().astype(np.uint8)
+
+# %% ../../nbs/40_models.ipynb #884280d7
+MODEL_CONFIGS = {"wan": "wan2.1_t2v_1.3b.json", "hunyuan": "hunyuanvideo.json", "cogvideox": "cogvideox_2b.json", "mochi": "mochi_1_preview.json"}
+
+def real_size_transformer(name: str, # the family (its published config in resources/model_configs/)
+                          device: str = "cpu", # "meta": structure and parameter count only, no memory
+                          seed: int = 0, # the random weights
+                          **overrides, # config values to change (e.g. num_layers, to measure one block)
+                         ):
+    "The family's published denoiser with random weights."
+    import json, diffusers
+    from medgen.core import project_root
+    cfg = json.loads((project_root() / "resources" / "model_configs" / MODEL_CONFIGS[family(name).name]).read_text())
+    cls = getattr(diffusers, cfg.pop("_class_name"))
+    torch.manual_seed(seed)
+    with torch.device(device): return cls(**(cfg | overrides))
