@@ -85,3 +85,20 @@ def test_profiles_exist_and_merge():
     paper = yaml.safe_load((ROOT / "params" / "paper.yaml").read_text())
     unknown = sorted(set(paper) - set(params))
     assert not unknown, f"params/paper.yaml overrides sections params.yaml does not have: {unknown}"
+
+
+def test_every_recipe_step_is_a_valid_training_config_in_every_profile():
+    "Each profile's recipe steps make a TrainConfig (no unknown key) whose batch splits over the profile's processes."
+    from medgen.core import deep_merge, load_params
+    from medgen.generate.train import TrainConfig, batch_plan, launch_processes
+    base = load_params(ROOT / "params.yaml")
+    for profile in ("embedded", "paper"):
+        p = deep_merge(base, load_params(ROOT / "params" / f"{profile}.yaml") or {})
+        common = p["train"]["common"]
+        processes = launch_processes(ROOT / "resources" / "accelerate" / f"{common['launch']}.yaml" if common["launch"] else None)
+        for name, variant in p["train"]["variants"].items():
+            for step in variant["recipe"]:
+                config = TrainConfig.from_params({**common["defaults"], **step.get("config", {})})
+                plan = batch_plan(config, processes)
+                assert plan["global_batch"] >= processes, (profile, name, step["name"], plan)
+                if profile == "paper": assert config.gradient_checkpointing and config.seed == 1024, (name, step["name"])
