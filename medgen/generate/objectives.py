@@ -23,22 +23,23 @@ def text_conditions(pipe, # a family's diffusers pipeline
                     max_sequence_length: int = 64, # tokens (the same value sampling uses)
                     template: dict | None = None, # hunyuan: the prompt template (None: `HUNYUAN_TEMPLATE` when its encoder is not a Llama)
                    ) -> dict[str, torch.Tensor]: # the transformer's text keyword arguments
-    "The transformer's text inputs for `prompts`, as the family's pipeline computes them."
+    "The transformer's text inputs for `prompts`, as the family's pipeline computes them (run where its text encoder is, returned on the CPU)."
     prompts = list(prompts)
+    device = next(pipe.text_encoder.parameters()).device  # asking for another device than the encoder's crashes on a GPU (Mochi, and the rest)
     fixed = getattr(pipe.transformer.config, "max_text_seq_length", None) if family == "cogvideox" else None
     if fixed and max_sequence_length != fixed:  # its positional embedding covers exactly this many text tokens
         raise ValueError(f"cogvideox: max_sequence_length must equal the transformer's max_text_seq_length ({fixed}), got {max_sequence_length}")
     if family in ("wan", "cogvideox"):
-        e, _ = pipe.encode_prompt(prompts, do_classifier_free_guidance=False, max_sequence_length=max_sequence_length, device="cpu")
-        return {"encoder_hidden_states": e}
+        e, _ = pipe.encode_prompt(prompts, do_classifier_free_guidance=False, max_sequence_length=max_sequence_length, device=device)
+        return {"encoder_hidden_states": e.cpu()}
     if family == "hunyuan":
         tmpl = template or (HUNYUAN_TEMPLATE if "llama" not in type(pipe.text_encoder).__name__.lower() else None)
         kw = {"prompt_template": tmpl} if tmpl else {}
-        e, pooled, mask = pipe.encode_prompt(prompts, max_sequence_length=max_sequence_length, device="cpu", **kw)
-        return {"encoder_hidden_states": e, "encoder_attention_mask": mask, "pooled_projections": pooled}
+        e, pooled, mask = pipe.encode_prompt(prompts, max_sequence_length=max_sequence_length, device=device, **kw)
+        return {"encoder_hidden_states": e.cpu(), "encoder_attention_mask": mask.cpu(), "pooled_projections": pooled.cpu()}
     if family == "mochi":
-        e, mask, _, _ = pipe.encode_prompt(prompts, do_classifier_free_guidance=False, max_sequence_length=max_sequence_length, device="cpu")
-        return {"encoder_hidden_states": e, "encoder_attention_mask": mask}
+        e, mask, _, _ = pipe.encode_prompt(prompts, do_classifier_free_guidance=False, max_sequence_length=max_sequence_length, device=device)
+        return {"encoder_hidden_states": e.cpu(), "encoder_attention_mask": mask.cpu()}
     raise KeyError(f"unknown family {family!r}")
 
 def take(cond: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
