@@ -186,8 +186,10 @@ class _TensorWindows(torch.utils.data.Dataset):
 
 def window_loader(data: TrainData, sampler: StepBatches, num_workers: int = 0) -> torch.utils.data.DataLoader:
     "The micro-batches of `sampler`, read from `data.latents` (lazily, by `num_workers` workers, for a dataset on disk)."
-    ds = data.latents if isinstance(data.latents, torch.utils.data.Dataset) else _TensorWindows(data.latents)
-    return torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=num_workers, collate_fn=torch.stack,
+    on_disk = isinstance(data.latents, torch.utils.data.Dataset)
+    ds = data.latents if on_disk else _TensorWindows(data.latents)
+    return torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=num_workers if on_disk else 0,  # a tensor in memory: no workers
+                                       collate_fn=torch.stack,
                                        persistent_workers=False)
 
 # %% ../../nbs/46_train.ipynb #e23e78f4
