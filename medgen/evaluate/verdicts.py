@@ -58,6 +58,7 @@ def replicated_difference(differences, # seeds x units: d[s, u], the seed-s vari
     random-effects variance (Satterthwaite df), each seed's own estimate and the share of seeds that agree in sign."""
     from scipy import stats
     d = np.atleast_2d(np.asarray(differences, float))
+    d = d[~np.isnan(d).all(1)]  # a seed with no scores at all is left out (it would empty the design)
     d = d[:, ~np.isnan(d).any(0)]  # a unit some seed lacks is left out for all: the design stays crossed
     S, U = d.shape
     per_seed = d.mean(1)
@@ -72,17 +73,21 @@ def replicated_difference(differences, # seeds x units: d[s, u], the seed-s vari
         resid = d - per_seed[:, None] - d.mean(0)[None, :] + mean
         ms_err = float((resid ** 2).sum() / ((S - 1) * (U - 1)))  # E = s2_e
         k = 1 / U + variance_ratio  # the unit side's multiplier (1 / U for independent units)
-        terms = [(k / S, ms_err, (S - 1) * (U - 1))]  # Var = sum of coefficient x mean square
-        if ms_seed > ms_err: terms += [(1 / (S * U), ms_seed, S - 1), (-1 / (S * U), ms_err, (S - 1) * (U - 1))]
-        if ms_unit > ms_err: terms += [(k / S, ms_unit, U - 1), (-k / S, ms_err, (S - 1) * (U - 1))]
+        seed_part, unit_part = ms_seed > ms_err, ms_unit > ms_err  # a component estimated below zero is set to zero
+        # Var = c_seed MS_seed + c_unit MS_unit + c_err MS_err, each mean square once (Satterthwaite needs them so)
+        c_seed, c_unit = (1 / (S * U) if seed_part else 0.0), (k / S if unit_part else 0.0)
+        c_err = k / S - c_seed - c_unit
+        terms = [(c_seed, ms_seed, S - 1), (c_unit, ms_unit, U - 1), (c_err, ms_err, (S - 1) * (U - 1))]
         var = sum(c * m for c, m, _ in terms)
         se = math.sqrt(max(var, 0.0))
-        parts = sum((c * m) ** 2 / f for c, m, f in terms if f > 0)
+        parts = sum((c * m) ** 2 / f for c, m, f in terms if c and f > 0)
         df = float(max(1.0, var ** 2 / parts)) if parts > 0 else float((S - 1) * (U - 1))
+        floor = c_seed * (ms_seed - ms_err) if seed_part else 0.0  # the seeds' share, s2_a / S: more units never remove it
         if se == 0: p, half = (min(1.0, 2.0 ** (1 - S * U)) if mean != 0 else 1.0), 0.0  # every cell equal: the sign-flip bound
         else: p, half = float(2 * stats.t.sf(abs(mean) / se, df)), float(stats.t.ppf(1 - alpha / 2, df) * se)
         t = dict(estimate=mean, low=mean - half, high=mean + half, p=p, n=U, se=se, df=df, variance_ratio=variance_ratio,
-                 sd=se / math.sqrt(k),  # the per-unit spread this se implies (what `units_to_detect` scales)
+                 sd=math.sqrt(max(var - floor, 0.0) / k),  # the per-unit spread (what more units divide down)
+                 seed_floor=math.sqrt(floor),  # the standard error that remains with infinitely many units and these seeds
                  unit=f"{unit} x {S} training seeds (crossed)")
     agree = float(np.mean(np.sign(per_seed) == np.sign(t["estimate"])))  # a pooled 0 agrees with the seeds at exactly 0
     return {**t, "seeds": S, "seed_estimates": [float(x) for x in per_seed], "seed_sd": float(per_seed.std(ddof=1)) if S > 1 else float("nan"),
@@ -102,11 +107,12 @@ def units_to_detect(effect: float, # the effect to detect (e.g. the paper's publ
                     alpha: float = 0.05, power: float = 0.8,
                     variance_ratio: float = 0.0, # as in `paired_difference`: with it, se never falls below sd * sqrt(ratio)
                     max_units: int = 1_000_000,
+                    floor: float = 0.0, # a standard error more units cannot remove (the training seeds' share, same seeds)
                    ) -> int | None:
     "The fewest independent units that detect `effect` with `power`; None if no number up to `max_units` does."
     if effect == 0 or not np.isfinite(effect) or not np.isfinite(sd): return None
-    if sd == 0: return 2
-    enough = lambda n: detectable_effect(sd * math.sqrt(1 / n + variance_ratio), n - 1, alpha, power) <= abs(effect)
+    if sd == 0 and floor == 0: return 2
+    enough = lambda n: detectable_effect(math.sqrt(floor ** 2 + sd ** 2 * (1 / n + variance_ratio)), n - 1, alpha, power) <= abs(effect)
     hi = 2
     while not enough(hi):
         if hi >= max_units: return None
@@ -137,7 +143,7 @@ def judge_claims(claims: pd.DataFrame, # one row per claim, CLAIM_COLUMNS (paper
     Holm step, alpha / m) and `units_for_paper_effect` (the same, for the paper's published effect)."""
     if claims.empty: return claims.assign(p_holm=[], status=[], detectable=[], units_for_paper_effect=[], power=[])
     c = claims.copy()
-    for col, default in [("paper_effect", np.nan), ("sd", np.nan), ("variance_ratio", 0.0), ("untestable", "")]:
+    for col, default in [("paper_effect", np.nan), ("sd", np.nan), ("variance_ratio", 0.0), ("untestable", ""), ("seed_floor", 0.0)]:
         if col not in c: c[col] = default
     c["untestable"] = c.untestable.fillna("").astype(str)
     testable = c.untestable.eq("") & c.p.notna()
@@ -150,8 +156,9 @@ def judge_claims(claims: pd.DataFrame, # one row per claim, CLAIM_COLUMNS (paper
     c["alpha_first_step"] = alpha / c[testable].groupby("family").family.transform("size").reindex(c.index)
     c["detectable"] = [detectable_effect(se, df, a, power) if ok and np.isfinite(se) and df >= 1 else np.nan
                        for se, df, a, ok in zip(c.se, c.df, c.alpha_first_step, testable)]
-    c["units_for_paper_effect"] = pd.Series([units_to_detect(e, sd, a, power, vr) if ok and np.isfinite(e) and np.isfinite(sd) else None
-                                             for e, sd, a, vr, ok in zip(c.paper_effect, c.sd, c.alpha_first_step, c.variance_ratio.fillna(0.0), testable)],
+    c["units_for_paper_effect"] = pd.Series([units_to_detect(e, sd, a, power, vr, floor=fl) if ok and np.isfinite(e) and np.isfinite(sd) else None
+                                             for e, sd, a, vr, fl, ok in zip(c.paper_effect, c.sd, c.alpha_first_step, c.variance_ratio.fillna(0.0),
+                                                                             c.seed_floor.fillna(0.0), testable)],
                                             index=c.index, dtype=object)
     c["power"] = power
     return c
@@ -204,7 +211,8 @@ def bootstrap_distance_difference(distance, # f(x, y) -> float, e.g. `frechet_di
     the variant); each seed's estimate and their agreement in sign are given."""
     variant_units, base_units, real_units = (np.asarray(u).astype(str) for u in (variant_units, base_units, real_units))
     variant_seeds = np.zeros(len(variant_units), int).astype(str) if variant_seeds is None else np.asarray(variant_seeds).astype(str)
-    prompts = np.intersect1d(variant_units, base_units)
+    prompts = base_units  # the prompts the base and every seed sampled (a seed missing one would unbalance the design)
+    for s_ in np.unique(variant_seeds): prompts = np.intersect1d(prompts, variant_units[variant_seeds == s_])
     if len(prompts) < 2 or len(np.unique(real_units)) < 2:
         raise ValueError(f"need >= 2 shared prompts and >= 2 real clips, got {len(prompts)} and {len(np.unique(real_units))}")
     keep_v, keep_b = np.isin(variant_units, prompts), np.isin(base_units, prompts)
@@ -249,4 +257,5 @@ def claim_row(paper: str, # the family: "MedGen", "Ophora" or "Bora"
     return dict(family=paper, table=table, claim=claim, better=better, unit=t.get("unit", unit), paper_effect=paper_effect,
                 untestable=untestable, **{k: t.get(k, nan) for k in ("estimate", "low", "high", "p", "se", "df", "sd")},
                 n=int(t.get("n", 0)), variance_ratio=t.get("variance_ratio", 0.0), seeds=int(t.get("seeds", 1)),
-                seed_estimates=list(t.get("seed_estimates", [])), seed_agreement=t.get("seed_agreement", nan), **extra)
+                seed_estimates=list(t.get("seed_estimates", [])), seed_agreement=t.get("seed_agreement", nan),
+                seed_floor=t.get("seed_floor", 0.0), **extra)

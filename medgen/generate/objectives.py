@@ -83,7 +83,7 @@ def denoising_loss(transformer, # the family's denoiser
         target = noise - latents
         if family == "mochi": t, target = 1000 - t, -target  # Mochi's reversed time: it predicts x0 - n at 1000 (1 - σ)
         kw = dict(cond)
-        if family == "hunyuan" and core.config.guidance_embeds: kw["guidance"] = torch.full((b,), HUNYUAN_GUIDANCE * 1000.0)
+        if family == "hunyuan" and core.config.guidance_embeds: kw["guidance"] = torch.full((b,), HUNYUAN_GUIDANCE * 1000.0, device=noisy.device)  # beside the latents (a GPU)
         pred = transformer(hidden_states=noisy.to(core.dtype), timestep=t.to(core.dtype), return_dict=False, **kw)[0]
     elif family == "cogvideox":
         t = (u * scheduler.config.num_train_timesteps).long().clamp(max=scheduler.config.num_train_timesteps - 1)

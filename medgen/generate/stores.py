@@ -155,8 +155,8 @@ def write_latent_shards(vae, # the base's frozen VAE
     writer, errors, pending, done = ShardWriter(folder, shard_size, prefix), [], [], 0
     def encode(batch):
         nonlocal done
-        x = to_model(np.stack([w for w, _ in batch]))
-        z = normalize_latents(vae, family, encode_latents(vae, x, batch_size=len(batch)))
+        x = to_model(np.stack([w for w, _ in batch])).to(vae.device, vae.dtype)  # the VAE's device (a GPU at paper scale)
+        z = normalize_latents(vae, family, encode_latents(vae, x, batch_size=len(batch)).float().cpu())
         writer.add(z, [r for _, r in batch]); done += len(batch)
         if progress: progress(done)
     paths = {name: path for name, (path, _) in clips.items()}

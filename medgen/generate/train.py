@@ -283,6 +283,7 @@ def train_denoiser(pipe, # the family's pipeline (VAE and text encoder frozen; i
     log = []
     if ckpt is not None:
         acc.load_state(str(ckpt))
+        if ema is not None: ema.to(acc.device)  # accelerate loads custom states onto the CPU: the shadow weights go back beside the weights
         log = pd.read_csv(ckpt / "train_log.csv").to_dict("records")
     elif acc.is_main_process:  # a fresh run: old checkpoints would mislead a later resume
         if (out_dir / "checkpoints").exists(): shutil.rmtree(out_dir / "checkpoints")
