@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse, json, sys, time
 from pathlib import Path
 
-from .models import FAMILIES, ModelNotFound, family, generate_video, load_pipeline
+from .models import FAMILIES, ModelNotFound, family, generate_video, load_pipeline, valid_frames
 
 # %% auto #0
 __all__ = ['family_of', 'parser', 'generate_command', 'main']
@@ -61,6 +61,9 @@ def generate_command(args) -> Path:
     if args.adapter:
         if not Path(args.adapter).exists(): raise ModelNotFound(f"no adapter at {args.adapter}")
         pipe.load_lora_weights(args.adapter)
+    if valid_frames(name, args.frames) != args.frames:  # the sampling paths round down silently; a user asking for N frames is told
+        step = family(name).frame_step
+        raise ValueError(f"{name} makes {step}k+1 frames: --frames {args.frames} is not one (the nearest below is {valid_frames(name, args.frames)})")
     t0 = time.perf_counter()
     frames = generate_video(pipe, name, args.prompt, seed=args.seed, height=args.height, width=args.width, num_frames=args.frames,
                             steps=args.steps, guidance_scale=args.guidance)
